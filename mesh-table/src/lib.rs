@@ -1,0 +1,705 @@
+//! The routing table shared by the control plane and the sidecar.
+//!
+//! A table is written by hand as TOML (one file per environment), served by the control plane as
+//! JSON, and read back by every sidecar. Both directions go through the same two steps:
+//!
+//! 1. **parse** into the raw types of [`raw`] (serde, `deny_unknown_fields`: a misspelt key is an
+//!    error, not a silently ignored setting);
+//! 2. **compile** the raw table into [`Table`], running every check and collecting *every* error
+//!    with the path of the offending item (`services.b.retries.attempts: must be 1..=10, got 0`),
+//!    so an operator sees all of them at once.
+//!
+//! Only a compiled [`Table`] exists outside this crate, so holding one means it validated.
+//!
+//! Layout:
+//! - `raw`: the serde shapes of the file, with optional fields;
+//! - `lib.rs` (this file): the validated types, defaults and [`Table::compile`];
+//! - `error`: [`TableError`] and [`InvalidField`].
+
+mod error;
+pub mod raw;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+pub use error::{InvalidField, TableError};
+use serde::Serialize;
+
+/// Defaults applied where a table says nothing. The README lists them.
+pub mod defaults {
+    pub const CONNECT_MS: u64 = 1_000;
+    pub const REQUEST_MS: u64 = 15_000;
+    pub const ATTEMPTS: u32 = 2;
+    pub const BACKOFF_BASE_MS: u64 = 25;
+    pub const BACKOFF_CAP_MS: u64 = 250;
+    pub const CONSECUTIVE_FAILURES: u32 = 5;
+    pub const BASE_EJECTION_MS: u64 = 30_000;
+    pub const MAX_EJECTED_PERCENT: u32 = 50;
+    pub const MAX_CONCURRENT: u32 = 1_024;
+    pub const REPLICAS: u32 = 1;
+    pub const ERROR_STATUS: u16 = 503;
+}
+
+/// A validated routing table for one environment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Table {
+    /// Bumped by the operator on every change; the ETag is derived from it and the content.
+    pub version: u64,
+    /// Routing policy per service name.
+    pub services: BTreeMap<String, Service>,
+    /// How the local lab runs this environment (ignored by sidecars).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lab: Option<Lab>,
+}
+
+/// One service's routing policy.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Service {
+    pub endpoints: Endpoints,
+    pub lb: Lb,
+    pub timeouts: Timeouts,
+    pub retries: Retries,
+    pub breaker: Breaker,
+}
+
+/// Where a service's endpoints come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoints {
+    /// A fixed list of `host:port` addresses.
+    Static(Vec<String>),
+    /// A DNS name resolved by the sidecar (headless Service in Kubernetes), every address on `port`.
+    Dns { host: String, port: u16 },
+}
+
+impl Serialize for Endpoints {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Endpoints::Static(list) => list.serialize(s),
+            Endpoints::Dns { host, port } => s.serialize_str(&format!("dns:{host}:{port}")),
+        }
+    }
+}
+
+/// Load-balancing algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Lb {
+    RoundRobin,
+    Random,
+}
+
+impl Lb {
+    pub const NAMES: &'static [&'static str] = &["round-robin", "random"];
+
+    fn parse(s: &str) -> Option<Lb> {
+        match s {
+            "round-robin" => Some(Lb::RoundRobin),
+            "random" => Some(Lb::Random),
+            _ => None,
+        }
+    }
+}
+
+/// Timeouts of one service's requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Timeouts {
+    /// TCP connect to one endpoint.
+    pub connect_ms: u64,
+    /// One attempt: from sending the request to the end of the response headers, and between
+    /// reads of the body. `None`: bounded only by `request_ms`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_try_ms: Option<u64>,
+    /// The whole request, every attempt included.
+    pub request_ms: u64,
+}
+
+impl Timeouts {
+    pub fn connect(&self) -> Duration {
+        Duration::from_millis(self.connect_ms)
+    }
+    pub fn per_try(&self) -> Option<Duration> {
+        self.per_try_ms.map(Duration::from_millis)
+    }
+    pub fn request(&self) -> Duration {
+        Duration::from_millis(self.request_ms)
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect_ms: defaults::CONNECT_MS,
+            per_try_ms: None,
+            request_ms: defaults::REQUEST_MS,
+        }
+    }
+}
+
+/// A condition under which a failed attempt may be retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RetryOn {
+    /// The TCP connection could not be made: nothing reached the endpoint.
+    ConnectFailure,
+    /// The connection broke before a response arrived.
+    Reset,
+    /// Any 5xx status.
+    ServerError,
+    /// 502, 503 or 504.
+    GatewayError,
+    /// One specific status code.
+    Status(u16),
+}
+
+impl RetryOn {
+    fn parse(s: &str) -> Option<RetryOn> {
+        Some(match s {
+            "connect-failure" => RetryOn::ConnectFailure,
+            "reset" => RetryOn::Reset,
+            "5xx" => RetryOn::ServerError,
+            "gateway-error" => RetryOn::GatewayError,
+            code => match code.parse::<u16>() {
+                Ok(c) if (100..=599).contains(&c) => RetryOn::Status(c),
+                _ => return None,
+            },
+        })
+    }
+}
+
+impl fmt::Display for RetryOn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RetryOn::ConnectFailure => f.write_str("connect-failure"),
+            RetryOn::Reset => f.write_str("reset"),
+            RetryOn::ServerError => f.write_str("5xx"),
+            RetryOn::GatewayError => f.write_str("gateway-error"),
+            RetryOn::Status(c) => write!(f, "{c}"),
+        }
+    }
+}
+
+impl Serialize for RetryOn {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Retry policy of one service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Retries {
+    /// Total tries, the first one included.
+    pub attempts: u32,
+    pub on: Vec<RetryOn>,
+    /// Exponential backoff between tries: `[base, cap]`.
+    pub backoff_ms: [u64; 2],
+}
+
+impl Retries {
+    /// Whether a failure of this kind may be retried at all (the attempt count is checked apart).
+    pub fn retries_on(&self, cond: RetryOn) -> bool {
+        self.on.contains(&cond)
+    }
+
+    /// Whether a response with this status may be retried.
+    pub fn retries_status(&self, status: u16) -> bool {
+        self.on.iter().any(|c| match *c {
+            RetryOn::ServerError => (500..=599).contains(&status),
+            RetryOn::GatewayError => matches!(status, 502..=504),
+            RetryOn::Status(s) => s == status,
+            RetryOn::ConnectFailure | RetryOn::Reset => false,
+        })
+    }
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Retries {
+            attempts: defaults::ATTEMPTS,
+            on: vec![RetryOn::ConnectFailure, RetryOn::GatewayError],
+            backoff_ms: [defaults::BACKOFF_BASE_MS, defaults::BACKOFF_CAP_MS],
+        }
+    }
+}
+
+/// Outlier detection (per endpoint) and the concurrency limit (per service).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Breaker {
+    pub consecutive_failures: u32,
+    pub base_ejection_ms: u64,
+    pub max_ejected_percent: u32,
+    pub max_concurrent: u32,
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Breaker {
+            consecutive_failures: defaults::CONSECUTIVE_FAILURES,
+            base_ejection_ms: defaults::BASE_EJECTION_MS,
+            max_ejected_percent: defaults::MAX_EJECTED_PERCENT,
+            max_concurrent: defaults::MAX_CONCURRENT,
+        }
+    }
+}
+
+/// How the local lab runs an environment: the entry service and each demo service's behaviour.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Lab {
+    pub entry: String,
+    pub services: BTreeMap<String, LabService>,
+}
+
+/// One demo service in the lab.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LabService {
+    pub replicas: u32,
+    pub calls: Vec<String>,
+    pub latency_ms: u64,
+    pub jitter_ms: u64,
+    pub error_rate: f64,
+    pub error_status: u16,
+}
+
+impl Table {
+    /// Parses and validates a TOML table.
+    pub fn from_toml_str(s: &str) -> Result<Table, TableError> {
+        let raw: raw::RawTable = toml::from_str(s).map_err(|e| TableError::Syntax {
+            format: "TOML",
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        Table::compile(raw)
+    }
+
+    /// Parses and validates a JSON table (what the control plane serves).
+    pub fn from_json_str(s: &str) -> Result<Table, TableError> {
+        let raw: raw::RawTable = serde_json::from_str(s).map_err(|e| TableError::Syntax {
+            format: "JSON",
+            message: e.to_string(),
+        })?;
+        Table::compile(raw)
+    }
+
+    /// The table as JSON, in the shape [`Table::from_json_str`] reads back.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a table always serializes")
+    }
+
+    /// Runs every check on a raw table and builds the validated one, or returns every error.
+    pub fn compile(raw: raw::RawTable) -> Result<Table, TableError> {
+        let mut errs = Vec::new();
+        let mut services = BTreeMap::new();
+        if raw.services.is_empty() {
+            errs.push(InvalidField::new(
+                "services",
+                "a table needs at least one service",
+            ));
+        }
+        for (name, svc) in raw.services {
+            let path = format!("services.{name}");
+            if let Err(why) = check_name(&name) {
+                errs.push(InvalidField::new(&path, why));
+            }
+            if let Some(s) = compile_service(&path, svc, &mut errs) {
+                services.insert(name, s);
+            }
+        }
+        let lab = raw.lab.map(|l| compile_lab(l, &services, &mut errs));
+        if errs.is_empty() {
+            Ok(Table {
+                version: raw.version,
+                services,
+                lab,
+            })
+        } else {
+            Err(TableError::Invalid(errs))
+        }
+    }
+}
+
+/// Service names are DNS labels: they appear in Host headers and Kubernetes names.
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "service name {name:?} must be a DNS label: 1-63 of a-z, 0-9 and '-', not starting or ending with '-'"
+        ))
+    }
+}
+
+fn compile_service(
+    path: &str,
+    raw: raw::RawService,
+    errs: &mut Vec<InvalidField>,
+) -> Option<Service> {
+    let before = errs.len();
+    let endpoints = compile_endpoints(&format!("{path}.endpoints"), raw.endpoints, errs);
+    let lb = match raw.lb.as_deref() {
+        None => Lb::RoundRobin,
+        Some(s) => Lb::parse(s).unwrap_or_else(|| {
+            errs.push(InvalidField::new(
+                &format!("{path}.lb"),
+                format!(
+                    "unknown balancer {s:?}; expected one of {}",
+                    Lb::NAMES.join(", ")
+                ),
+            ));
+            Lb::RoundRobin
+        }),
+    };
+    let timeouts = compile_timeouts(&format!("{path}.timeouts"), raw.timeouts, errs);
+    let retries = compile_retries(&format!("{path}.retries"), raw.retries, errs);
+    let breaker = compile_breaker(&format!("{path}.breaker"), raw.breaker, errs);
+    if errs.len() > before {
+        return None;
+    }
+    Some(Service {
+        endpoints: endpoints?,
+        lb,
+        timeouts,
+        retries,
+        breaker,
+    })
+}
+
+fn compile_endpoints(
+    path: &str,
+    raw: raw::RawEndpoints,
+    errs: &mut Vec<InvalidField>,
+) -> Option<Endpoints> {
+    match raw {
+        raw::RawEndpoints::Dns(s) => {
+            let Some(rest) = s.strip_prefix("dns:") else {
+                errs.push(InvalidField::new(
+                    path,
+                    format!(
+                        "{s:?} is neither \"dns:HOST:PORT\" nor a list of \"HOST:PORT\" addresses"
+                    ),
+                ));
+                return None;
+            };
+            match split_host_port(rest) {
+                Ok((host, port)) => Some(Endpoints::Dns {
+                    host: host.to_owned(),
+                    port,
+                }),
+                Err(why) => {
+                    errs.push(InvalidField::new(path, format!("{s:?}: {why}")));
+                    None
+                }
+            }
+        }
+        raw::RawEndpoints::Static(list) => {
+            if list.is_empty() {
+                errs.push(InvalidField::new(path, "the list of endpoints is empty"));
+                return None;
+            }
+            let mut ok = true;
+            for (i, addr) in list.iter().enumerate() {
+                if let Err(why) = split_host_port(addr) {
+                    errs.push(InvalidField::new(
+                        &format!("{path}[{i}]"),
+                        format!("{addr:?}: {why}"),
+                    ));
+                    ok = false;
+                }
+            }
+            ok.then_some(Endpoints::Static(list))
+        }
+    }
+}
+
+/// Splits `host:port` (IPv6 as `[::1]:80`), checking both halves.
+pub fn split_host_port(s: &str) -> Result<(&str, u16), String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| "expected HOST:PORT".to_owned())?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() {
+        return Err("the host is empty".into());
+    }
+    if host.contains(|c: char| c.is_whitespace() || c == '/') {
+        return Err(format!("bad host {host:?}"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok((host, p)),
+        _ => Err(format!("port must be 1..=65535, got {port:?}")),
+    }
+}
+
+fn range_u64(errs: &mut Vec<InvalidField>, path: &str, v: u64, lo: u64, hi: u64) -> u64 {
+    if !(lo..=hi).contains(&v) {
+        errs.push(InvalidField::new(
+            path,
+            format!("must be {lo}..={hi}, got {v}"),
+        ));
+    }
+    v
+}
+
+fn compile_timeouts(
+    path: &str,
+    raw: Option<raw::RawTimeouts>,
+    errs: &mut Vec<InvalidField>,
+) -> Timeouts {
+    let d = Timeouts::default();
+    let Some(raw) = raw else { return d };
+    let connect_ms = range_u64(
+        errs,
+        &format!("{path}.connect_ms"),
+        raw.connect_ms.unwrap_or(d.connect_ms),
+        1,
+        60_000,
+    );
+    let request_ms = range_u64(
+        errs,
+        &format!("{path}.request_ms"),
+        raw.request_ms.unwrap_or(d.request_ms),
+        1,
+        3_600_000,
+    );
+    let per_try_ms = raw
+        .per_try_ms
+        .map(|v| range_u64(errs, &format!("{path}.per_try_ms"), v, 1, 3_600_000));
+    if let Some(p) = per_try_ms {
+        if p > request_ms {
+            errs.push(InvalidField::new(
+                &format!("{path}.per_try_ms"),
+                format!("({p}) must not exceed request_ms ({request_ms}): one try cannot outlive the request"),
+            ));
+        }
+    }
+    Timeouts {
+        connect_ms,
+        per_try_ms,
+        request_ms,
+    }
+}
+
+fn compile_retries(
+    path: &str,
+    raw: Option<raw::RawRetries>,
+    errs: &mut Vec<InvalidField>,
+) -> Retries {
+    let d = Retries::default();
+    let Some(raw) = raw else { return d };
+    let attempts = raw.attempts.unwrap_or(d.attempts);
+    if !(1..=10).contains(&attempts) {
+        errs.push(InvalidField::new(
+            &format!("{path}.attempts"),
+            format!("must be 1..=10, got {attempts}"),
+        ));
+    }
+    let on = match raw.on {
+        None => d.on,
+        Some(list) => {
+            let mut on = Vec::with_capacity(list.len());
+            for (i, s) in list.iter().enumerate() {
+                match RetryOn::parse(s) {
+                    Some(c) if !on.contains(&c) => on.push(c),
+                    Some(_) => errs.push(InvalidField::new(&format!("{path}.on[{i}]"), format!("{s:?} is listed twice"))),
+                    None => errs.push(InvalidField::new(
+                        &format!("{path}.on[{i}]"),
+                        format!("unknown condition {s:?}; expected connect-failure, reset, 5xx, gateway-error or a status code 100..=599"),
+                    )),
+                }
+            }
+            on
+        }
+    };
+    let backoff_ms = raw.backoff_ms.unwrap_or(d.backoff_ms);
+    let [base, cap] = backoff_ms;
+    if base == 0 || base > cap || cap > 60_000 {
+        errs.push(InvalidField::new(
+            &format!("{path}.backoff_ms"),
+            format!("must be [base, cap] with 1 <= base <= cap <= 60000, got [{base}, {cap}]"),
+        ));
+    }
+    Retries {
+        attempts,
+        on,
+        backoff_ms,
+    }
+}
+
+fn compile_breaker(
+    path: &str,
+    raw: Option<raw::RawBreaker>,
+    errs: &mut Vec<InvalidField>,
+) -> Breaker {
+    let d = Breaker::default();
+    let Some(raw) = raw else { return d };
+    let cf = raw.consecutive_failures.unwrap_or(d.consecutive_failures);
+    range_u64(
+        errs,
+        &format!("{path}.consecutive_failures"),
+        cf.into(),
+        1,
+        1_000,
+    );
+    let base = range_u64(
+        errs,
+        &format!("{path}.base_ejection_ms"),
+        raw.base_ejection_ms.unwrap_or(d.base_ejection_ms),
+        1,
+        3_600_000,
+    );
+    let pct = raw.max_ejected_percent.unwrap_or(d.max_ejected_percent);
+    range_u64(
+        errs,
+        &format!("{path}.max_ejected_percent"),
+        pct.into(),
+        0,
+        100,
+    );
+    let mc = raw.max_concurrent.unwrap_or(d.max_concurrent);
+    range_u64(
+        errs,
+        &format!("{path}.max_concurrent"),
+        mc.into(),
+        1,
+        1_000_000,
+    );
+    Breaker {
+        consecutive_failures: cf,
+        base_ejection_ms: base,
+        max_ejected_percent: pct,
+        max_concurrent: mc,
+    }
+}
+
+fn compile_lab(
+    raw: raw::RawLab,
+    services: &BTreeMap<String, Service>,
+    errs: &mut Vec<InvalidField>,
+) -> Lab {
+    // A service that failed validation is absent from `services`; its own errors are already
+    // reported, so only names that are nowhere in the table are flagged here.
+    let known = |n: &str| services.contains_key(n);
+    if !raw.services.contains_key(&raw.entry) {
+        errs.push(InvalidField::new(
+            "lab.entry",
+            format!("{:?} is not a service of [lab.services]", raw.entry),
+        ));
+    }
+    let mut out = BTreeMap::new();
+    for (name, s) in &raw.services {
+        let path = format!("lab.services.{name}");
+        if !known(name) && check_name(name).is_ok() {
+            errs.push(InvalidField::new(
+                &path,
+                format!("{name:?} has no [services.{name}] routing entry"),
+            ));
+        }
+        let replicas = s.replicas.unwrap_or(defaults::REPLICAS);
+        range_u64(errs, &format!("{path}.replicas"), replicas.into(), 1, 32);
+        for (i, c) in s.calls.iter().flatten().enumerate() {
+            if !raw.services.contains_key(c) {
+                errs.push(InvalidField::new(
+                    &format!("{path}.calls[{i}]"),
+                    format!("{c:?} is not a service of [lab.services]"),
+                ));
+            } else if c == name {
+                errs.push(InvalidField::new(
+                    &format!("{path}.calls[{i}]"),
+                    "a service cannot call itself",
+                ));
+            }
+        }
+        let error_rate = s.error_rate.unwrap_or(0.0);
+        if !(0.0..=1.0).contains(&error_rate) {
+            errs.push(InvalidField::new(
+                &format!("{path}.error_rate"),
+                format!("must be between 0 and 1, got {error_rate}"),
+            ));
+        }
+        let error_status = s.error_status.unwrap_or(defaults::ERROR_STATUS);
+        range_u64(
+            errs,
+            &format!("{path}.error_status"),
+            error_status.into(),
+            400,
+            599,
+        );
+        out.insert(
+            name.clone(),
+            LabService {
+                replicas,
+                calls: s.calls.clone().unwrap_or_default(),
+                latency_ms: range_u64(
+                    errs,
+                    &format!("{path}.latency_ms"),
+                    s.latency_ms.unwrap_or(0),
+                    0,
+                    60_000,
+                ),
+                jitter_ms: range_u64(
+                    errs,
+                    &format!("{path}.jitter_ms"),
+                    s.jitter_ms.unwrap_or(0),
+                    0,
+                    60_000,
+                ),
+                error_rate,
+                error_status,
+            },
+        );
+    }
+    if let Some(cycle) = find_cycle(&out) {
+        errs.push(InvalidField::new(
+            "lab.services",
+            format!("calls form a cycle: {}", cycle.join(" -> ")),
+        ));
+    }
+    Lab {
+        entry: raw.entry,
+        services: out,
+    }
+}
+
+/// A call cycle would make every request recurse until it times out.
+fn find_cycle(services: &BTreeMap<String, LabService>) -> Option<Vec<String>> {
+    fn visit<'a>(
+        n: &'a str,
+        services: &'a BTreeMap<String, LabService>,
+        stack: &mut Vec<&'a str>,
+        done: &mut Vec<&'a str>,
+    ) -> Option<Vec<String>> {
+        if let Some(pos) = stack.iter().position(|s| *s == n) {
+            let mut c: Vec<String> = stack[pos..].iter().map(|s| s.to_string()).collect();
+            c.push(n.to_owned());
+            return Some(c);
+        }
+        if done.contains(&n) {
+            return None;
+        }
+        stack.push(n);
+        for c in services.get(n).map(|s| s.calls.as_slice()).unwrap_or(&[]) {
+            if let Some(cycle) = visit(c, services, stack, done) {
+                return Some(cycle);
+            }
+        }
+        stack.pop();
+        done.push(n);
+        None
+    }
+    let mut done = Vec::new();
+    for name in services.keys() {
+        if let Some(c) = visit(name, services, &mut Vec::new(), &mut done) {
+            return Some(c);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests;

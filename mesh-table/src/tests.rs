@@ -1,0 +1,207 @@
+use super::*;
+
+const GOOD: &str = r#"
+version = 7
+[services.b]
+endpoints = "dns:b.mesh-dev.svc.cluster.local:15006"
+lb = "random"
+timeouts = { connect_ms = 250, per_try_ms = 500, request_ms = 2000 }
+retries = { attempts = 3, on = ["5xx", "connect-failure", "reset", "429"], backoff_ms = [25, 250] }
+breaker = { consecutive_failures = 5, base_ejection_ms = 30000, max_ejected_percent = 50, max_concurrent = 1024 }
+
+[services.c]
+endpoints = ["127.0.0.1:9001", "[::1]:9002"]
+
+[lab]
+entry = "b"
+[lab.services.b]
+replicas = 2
+calls = ["c"]
+latency_ms = 3
+[lab.services.c]
+"#;
+
+fn invalid(toml: &str) -> Vec<String> {
+    match Table::from_toml_str(toml) {
+        Err(e) => e.lines(),
+        Ok(t) => panic!("expected the table to be rejected, got {t:?}"),
+    }
+}
+
+#[test]
+fn a_full_table_parses_with_every_field() {
+    let t = Table::from_toml_str(GOOD).expect("the example table is valid");
+    assert_eq!(t.version, 7);
+    let b = &t.services["b"];
+    assert_eq!(
+        b.endpoints,
+        Endpoints::Dns {
+            host: "b.mesh-dev.svc.cluster.local".into(),
+            port: 15006
+        },
+        "dns endpoints split into host and port"
+    );
+    assert_eq!(b.lb, Lb::Random);
+    assert_eq!(b.timeouts.per_try_ms, Some(500));
+    assert_eq!(b.retries.attempts, 3);
+    assert!(b.retries.retries_status(503), "5xx covers 503");
+    assert!(
+        b.retries.retries_status(429),
+        "an explicit status is retriable"
+    );
+    assert!(!b.retries.retries_status(404), "404 is not listed");
+    let c = &t.services["c"];
+    assert_eq!(c.lb, Lb::RoundRobin, "round-robin is the default balancer");
+    assert_eq!(
+        c.timeouts,
+        Timeouts::default(),
+        "timeouts default when absent"
+    );
+    assert_eq!(c.retries, Retries::default(), "retries default when absent");
+    let lab = t.lab.as_ref().expect("lab section kept");
+    assert_eq!(lab.services["b"].replicas, 2);
+    assert_eq!(lab.services["c"].replicas, 1, "one replica by default");
+}
+
+#[test]
+fn json_round_trip_gives_the_same_table() {
+    let t = Table::from_toml_str(GOOD).unwrap();
+    let back = Table::from_json_str(&t.to_json()).expect("served JSON parses back");
+    assert_eq!(t, back, "TOML -> JSON -> table is lossless");
+}
+
+#[test]
+fn errors_name_the_field_and_the_reason() {
+    let errs = invalid(
+        r#"
+version = 1
+[services.b]
+endpoints = "dns:b:15006"
+retries = { attempts = 0 }
+"#,
+    );
+    assert_eq!(
+        errs,
+        vec!["services.b.retries.attempts: must be 1..=10, got 0".to_string()],
+        "the message has the path, the bound and the value"
+    );
+}
+
+#[test]
+fn every_error_is_reported_at_once() {
+    let errs = invalid(
+        r#"
+version = 1
+[services.b]
+endpoints = ["127.0.0.1:0", "nohost"]
+lb = "fastest"
+timeouts = { connect_ms = 0, per_try_ms = 5000, request_ms = 1000 }
+retries = { on = ["5xx", "sometimes"], backoff_ms = [300, 100] }
+breaker = { max_ejected_percent = 150 }
+[services.Bad_Name]
+endpoints = "dns:x:1"
+"#,
+    );
+    let joined = errs.join("\n");
+    for want in [
+        "services.b.endpoints[0]",
+        "services.b.endpoints[1]",
+        "services.b.lb: unknown balancer \"fastest\"",
+        "services.b.timeouts.connect_ms: must be 1..=60000, got 0",
+        "services.b.timeouts.per_try_ms",
+        "services.b.retries.on[1]: unknown condition \"sometimes\"",
+        "services.b.retries.backoff_ms",
+        "services.b.breaker.max_ejected_percent: must be 0..=100, got 150",
+        "services.Bad_Name: service name",
+    ] {
+        assert!(joined.contains(want), "missing {want:?} in:\n{joined}");
+    }
+}
+
+#[test]
+fn unknown_fields_are_errors() {
+    let err = Table::from_toml_str(
+        r#"
+version = 1
+[services.b]
+endpoints = "dns:b:1"
+retires = { attempts = 2 }
+"#,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("unknown field `retires`"), "got: {err}");
+    let err = Table::from_json_str(
+        r#"{"version":1,"services":{"b":{"endpoints":"dns:b:1","color":"red"}}}"#,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("unknown field `color`"), "got: {err}");
+}
+
+#[test]
+fn endpoints_must_be_dns_or_a_list() {
+    let errs = invalid("version = 1\n[services.b]\nendpoints = \"b:80\"\n");
+    assert!(errs[0].starts_with("services.b.endpoints:"), "got {errs:?}");
+    let errs = invalid("version = 1\n[services.b]\nendpoints = []\n");
+    assert_eq!(
+        errs,
+        vec!["services.b.endpoints: the list of endpoints is empty"]
+    );
+}
+
+#[test]
+fn lab_section_is_checked_against_the_services() {
+    let errs = invalid(
+        r#"
+version = 1
+[services.a]
+endpoints = "dns:a:1"
+[services.b]
+endpoints = "dns:b:1"
+[lab]
+entry = "z"
+[lab.services.a]
+calls = ["b", "q"]
+error_rate = 1.5
+[lab.services.b]
+calls = ["a"]
+[lab.services.x]
+"#,
+    );
+    let joined = errs.join("\n");
+    for want in [
+        "lab.entry: \"z\" is not a service",
+        "lab.services.a.calls[1]: \"q\"",
+        "lab.services.a.error_rate: must be between 0 and 1, got 1.5",
+        "lab.services.x: \"x\" has no [services.x] routing entry",
+        "lab.services: calls form a cycle: a -> b -> a",
+    ] {
+        assert!(joined.contains(want), "missing {want:?} in:\n{joined}");
+    }
+}
+
+#[test]
+fn empty_table_is_rejected() {
+    assert_eq!(
+        invalid("version = 3\n"),
+        vec!["services: a table needs at least one service"]
+    );
+}
+
+#[test]
+fn syntax_errors_say_which_format() {
+    let e = Table::from_toml_str("version = ").unwrap_err().to_string();
+    assert!(e.starts_with("invalid TOML:"), "got {e}");
+    let e = Table::from_json_str("{").unwrap_err().to_string();
+    assert!(e.starts_with("invalid JSON:"), "got {e}");
+}
+
+#[test]
+fn host_port_splitting() {
+    assert_eq!(split_host_port("a:1"), Ok(("a", 1)));
+    assert_eq!(split_host_port("[::1]:8080"), Ok(("::1", 8080)));
+    assert!(split_host_port("a").is_err());
+    assert!(split_host_port(":80").is_err());
+    assert!(split_host_port("a:99999").is_err());
+}

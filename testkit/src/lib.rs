@@ -1,0 +1,321 @@
+//! Helpers for integration tests that start meshlab's real binaries on loopback.
+//!
+//! - [`bin`] finds a workspace binary in the same target directory as the running test
+//!   (`make test` builds every binary first: `cargo build --workspace --bins`);
+//! - [`Proc`] starts one, reads its `LISTENING {json}` line for the ports it bound (every test
+//!   passes port 0), keeps its stderr in a file for failure messages, and kills it on drop;
+//!   children also die with the test process (`PR_SET_PDEATHSIG`);
+//! - [`http`] is a tiny blocking HTTP/1.1 client for readiness checks and admin calls;
+//! - [`wait_until`] polls a condition with a deadline instead of sleeping a fixed time.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary built next to the running test.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/test-binary -> target/<profile>/
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("test binary lives in target/<profile>/deps");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is not built: run `cargo build --workspace --bins` (make test does) before the tests",
+        p.display()
+    );
+    p
+}
+
+/// A running child process, killed when dropped.
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+    /// The JSON object of the `LISTENING` line.
+    pub listening: serde_json::Value,
+    stderr_path: PathBuf,
+}
+
+static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Proc {
+    /// Starts `bin(name)` with `args` and waits (up to 60 s) for its `LISTENING` line.
+    pub fn start(name: &str, args: &[&str]) -> Proc {
+        Proc::start_with(Command::new(bin(name)).args(args), name)
+    }
+
+    /// Starts a prepared command (for env vars or other programs) and waits for `LISTENING`.
+    pub fn start_with(cmd: &mut Command, name: &str) -> Proc {
+        let mut p = Proc::spawn(cmd, name);
+        let line = p.wait_for_stdout_line("LISTENING ", Duration::from_secs(60));
+        p.listening = serde_json::from_str(&line).unwrap_or_else(|e| {
+            panic!(
+                "{name}: LISTENING line is not JSON ({e}): {line}\nstderr:\n{}",
+                p.stderr()
+            )
+        });
+        p
+    }
+
+    /// Starts a command without waiting for anything.
+    pub fn spawn(cmd: &mut Command, name: &str) -> Proc {
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stderr_path = std::env::temp_dir().join(format!(
+            "meshlab-test-{}-{}-{n}.stderr",
+            std::process::id(),
+            name
+        ));
+        let stderr = std::fs::File::create(&stderr_path).expect("create stderr file");
+        cmd.stdout(Stdio::piped())
+            .stderr(stderr)
+            .stdin(Stdio::null());
+        // SAFETY: prctl is async-signal-safe; it only sets a flag on the child.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        Proc {
+            name: name.to_owned(),
+            child: Some(child),
+            listening: serde_json::Value::Null,
+            stderr_path,
+        }
+    }
+
+    /// Reads stdout until a line starting with `prefix`; returns the rest of that line.
+    /// The remaining stdout is drained in the background so the child never blocks on it.
+    pub fn wait_for_stdout_line(&mut self, prefix: &str, timeout: Duration) -> String {
+        let stdout = self
+            .child
+            .as_mut()
+            .and_then(|c| c.stdout.take())
+            .expect("stdout is read once");
+        let (tx, rx) = mpsc::channel();
+        let prefix = prefix.to_owned();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let mut sent = false;
+            for line in lines.by_ref() {
+                let Ok(line) = line else { break };
+                if !sent {
+                    if let Some(rest) = line.strip_prefix(&prefix) {
+                        let _ = tx.send(rest.to_owned());
+                        sent = true;
+                    }
+                }
+            }
+        });
+        match rx.recv_timeout(timeout) {
+            Ok(line) => line,
+            Err(_) => {
+                let exit = self.try_wait();
+                panic!(
+                    "{}: no stdout line starting {:?} within {:?}; exit: {:?}\nstderr:\n{}",
+                    self.name,
+                    "LISTENING",
+                    timeout,
+                    exit,
+                    self.stderr()
+                )
+            }
+        }
+    }
+
+    /// A socket address from the `LISTENING` line.
+    pub fn addr(&self, key: &str) -> SocketAddr {
+        self.listening[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("{}: no {key:?} in LISTENING {}", self.name, self.listening))
+            .parse()
+            .expect("LISTENING addresses are socket addresses")
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// What the process wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Sends a signal (e.g. `libc::SIGTERM`).
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("---- stderr of {} ----\n{}", self.name, self.stderr());
+        }
+        let _ = std::fs::remove_file(&self.stderr_path);
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds; panics with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A response of [`http`].
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`), with a 10 s timeout.
+/// `extra` are additional header lines such as `("Host", "b")`.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    extra: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut req = format!("{method} {target} HTTP/1.1\r\n");
+    if !extra.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.push_str(&format!("Host: {addr}\r\n"));
+    }
+    for (k, v) in extra {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    ));
+    s.write_all(req.as_bytes())?;
+    s.write_all(body)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    parse_response(&raw, method == "HEAD")
+}
+
+/// Shorthand for a GET with no extra headers.
+pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
+    http(addr, "GET", path, &[], b"")
+}
+
+fn parse_response(raw: &[u8], head: bool) -> std::io::Result<Response> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_owned());
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no end of headers"))?;
+    let head_text = String::from_utf8_lossy(&raw[..end]);
+    let mut lines = head_text.split("\r\n");
+    let status_line = lines.next().ok_or_else(|| bad("empty response"))?;
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("bad status line"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let mut body = raw[end + 4..].to_vec();
+    let chunked = headers.iter().any(|(k, v)| {
+        k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+    });
+    if head {
+        body.clear();
+    } else if chunked {
+        body = dechunk(&body).ok_or_else(|| bad("bad chunked body"))?;
+    }
+    Ok(Response {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let nl = b.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&b[..nl]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        b = &b[nl + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(b.get(..size)?);
+        b = b.get(size + 2..)?;
+    }
+}
+
+/// Waits until `GET path` on `addr` answers 200.
+pub fn wait_http_ok(addr: SocketAddr, path: &str, timeout: Duration) {
+    wait_until(
+        &format!("GET http://{addr}{path} to answer 200"),
+        timeout,
+        || matches!(get(addr, path), Ok(r) if r.status == 200),
+    );
+}
