@@ -1,0 +1,326 @@
+//! Helpers shared by the integration tests: the real binary as a child process, a fake sidecar
+//! (a plain HTTP proxy that answers by itself), and an HTTP client that never uses a proxy.
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+/// How long any single wait in these tests may take before it fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A client for talking to the service directly (system proxy settings ignored).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(WAIT)
+        .build()
+        .expect("building the test client")
+}
+
+/// A running `mesh-service` binary; killed (if still running) when dropped.
+pub struct Service {
+    child: Child,
+    pub addr: SocketAddr,
+    stdout: Option<JoinHandle<Vec<String>>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Service {
+    /// Starts the binary with `--listen 127.0.0.1:0` plus `args`, waits for its LISTENING line,
+    /// then for `/healthz` to answer 200.
+    pub async fn start(args: &[&str]) -> Service {
+        let mut service = Self::spawn(args);
+        service.wait_healthy().await;
+        service
+    }
+
+    fn spawn(args: &[&str]) -> Service {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mesh-service"));
+        cmd.args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("MESH_") {
+                cmd.env_remove(key);
+            }
+        }
+        let mut child = cmd.spawn().expect("spawning mesh-service");
+
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err_pipe = child.stderr.take().expect("stderr is piped");
+        let sink = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err_pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .expect("stderr buffer")
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+
+        let (first_tx, first_rx) = mpsc::channel::<String>();
+        let out_pipe = child.stdout.take().expect("stdout is piped");
+        let stdout = std::thread::spawn(move || {
+            let mut lines = Vec::new();
+            for line in BufReader::new(out_pipe).lines() {
+                let Ok(line) = line else { break };
+                if lines.is_empty() {
+                    let _ = first_tx.send(line.clone());
+                }
+                lines.push(line);
+            }
+            lines
+        });
+
+        let mut service = Service {
+            child,
+            addr: "0.0.0.0:0".parse().expect("placeholder address"),
+            stdout: Some(stdout),
+            stderr,
+        };
+        let line = match first_rx.recv_timeout(WAIT) {
+            Ok(line) => line,
+            Err(e) => panic!(
+                "no LISTENING line from mesh-service ({e}); stderr:\n{}",
+                service.stderr()
+            ),
+        };
+        let json = line.strip_prefix("LISTENING ").unwrap_or_else(|| {
+            panic!("first stdout line should start with `LISTENING `, got {line:?}")
+        });
+        let value: serde_json::Value = serde_json::from_str(json)
+            .unwrap_or_else(|e| panic!("LISTENING payload {json:?} is not JSON: {e}"));
+        let app = value["app"]
+            .as_str()
+            .unwrap_or_else(|| panic!("LISTENING payload {json:?} lacks a string \"app\""));
+        service.addr = app
+            .parse()
+            .unwrap_or_else(|e| panic!("\"app\" = {app:?} is not an address: {e}"));
+        assert_ne!(
+            service.addr.port(),
+            0,
+            "the LISTENING line must carry the real port"
+        );
+        service
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().expect("stderr buffer").clone()
+    }
+
+    async fn wait_healthy(&mut self) {
+        let client = client();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "mesh-service exited with {status} before becoming healthy; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            if let Ok(response) = client.get(self.url("/healthz")).send().await {
+                if response.status() == reqwest::StatusCode::OK {
+                    let body = response.text().await.expect("healthz body");
+                    assert_eq!(body, "ok", "/healthz body");
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/healthz did not answer 200 within {WAIT:?}; stderr:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
+        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(
+            rc,
+            0,
+            "kill(SIGTERM) failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// Waits (polling) for the process to exit, at most `limit`.
+    pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mesh-service did not exit within {limit:?}; stderr:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// All stdout lines; call after the process exited.
+    pub fn stdout_lines(&mut self) -> Vec<String> {
+        self.stdout
+            .take()
+            .expect("stdout_lines is called once")
+            .join()
+            .expect("stdout reader thread")
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// A stand-in for the sidecar's outbound listener: a plain HTTP/1.1 server that records each
+/// request head it receives and answers by itself (`503` for authority `bad`, else `200`).
+pub struct FakeSidecar {
+    pub addr: SocketAddr,
+    heads: tokio::sync::mpsc::UnboundedReceiver<String>,
+    gate: Arc<Semaphore>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeSidecar {
+    /// Answers every request at once.
+    pub async fn start() -> FakeSidecar {
+        Self::with_gate(Semaphore::MAX_PERMITS).await
+    }
+
+    /// Holds every answer until [`FakeSidecar::release`] is called.
+    pub async fn held() -> FakeSidecar {
+        Self::with_gate(0).await
+    }
+
+    async fn with_gate(permits: usize) -> FakeSidecar {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding the fake sidecar");
+        let addr = listener.local_addr().expect("fake sidecar address");
+        let (tx, heads) = tokio::sync::mpsc::unbounded_channel();
+        let gate = Arc::new(Semaphore::new(permits));
+        let conn_gate = Arc::clone(&gate);
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve_proxy_conn(stream, tx.clone(), Arc::clone(&conn_gate)));
+            }
+        });
+        FakeSidecar {
+            addr,
+            heads,
+            gate,
+            task,
+        }
+    }
+
+    /// Lets held answers go.
+    pub fn release(&self) {
+        self.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    }
+
+    /// The next request head received (request line and headers), waiting at most [`WAIT`].
+    pub async fn next_head(&mut self) -> String {
+        tokio::time::timeout(WAIT, self.heads.recv())
+            .await
+            .expect("the fake sidecar received no request in time")
+            .expect("the fake sidecar is running")
+    }
+}
+
+impl Drop for FakeSidecar {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve_proxy_conn(
+    mut stream: TcpStream,
+    heads: tokio::sync::mpsc::UnboundedSender<String>,
+    gate: Arc<Semaphore>,
+) {
+    let mut buf = Vec::new();
+    loop {
+        // Read one request head; downstream calls carry no body.
+        let end = loop {
+            if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break pos + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        buf.drain(..end);
+        let bad = head
+            .split_whitespace()
+            .nth(1)
+            .is_some_and(|target| target.starts_with("http://bad/"));
+        let _ = heads.send(head);
+        let Ok(permit) = gate.acquire().await else {
+            return;
+        };
+        permit.forget();
+        let response: &[u8] = if bad {
+            b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 4\r\n\r\nbusy"
+        } else {
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok"
+        };
+        if stream.write_all(response).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// An address where nothing listens (bound, then released).
+pub fn closed_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a probe port");
+    listener.local_addr().expect("probe address")
+}
+
+/// The value of header `name` (case-insensitive) in a raw request head.
+pub fn header_value<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().skip(1).find_map(|line| {
+        let (n, v) = line.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
