@@ -1,0 +1,146 @@
+//! The admin port: health, readiness and what the sidecar is doing.
+//!
+//! - `/live`: 200 while the process runs;
+//! - `/ready`: 200 once a routing table is loaded and the proxy listeners accept, else 503
+//!   saying which is missing;
+//! - `/config`: the active table, its version and source, and the last poll and its error;
+//! - `/endpoints`: per service, the balancer and the current endpoints;
+//! - `/`: this list.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use serde_json::json;
+
+use crate::routes::Mesh;
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub mesh: Arc<Mesh>,
+    /// Raised when every proxy listener accepts connections.
+    pub listeners_up: Arc<AtomicBool>,
+}
+
+pub fn app(state: AdminState) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/live", get(|| async { "live\n" }))
+        .route("/ready", get(ready))
+        .route("/config", get(config))
+        .route("/endpoints", get(endpoints))
+        .with_state(state)
+}
+
+async fn index() -> &'static str {
+    "meshlab sidecar admin\n\
+     /live       200 while the process runs\n\
+     /ready      200 once a routing table is loaded and the listeners accept\n\
+     /config     the active routing table, its version and source, the last poll and its error\n\
+     /endpoints  per service: balancer, endpoints, last DNS resolution\n"
+}
+
+async fn ready(State(s): State<AdminState>) -> Response {
+    let table = s.mesh.routes().is_some();
+    let listeners = s.listeners_up.load(Ordering::Acquire);
+    if table && listeners {
+        return (StatusCode::OK, "ready\n").into_response();
+    }
+    let mut why = Vec::new();
+    if !table {
+        let st = s.mesh.status();
+        why.push(format!(
+            "no routing table loaded yet from {}{}",
+            st.source,
+            st.last_error
+                .map(|e| format!(" (last error: {e})"))
+                .unwrap_or_default()
+        ));
+    }
+    if !listeners {
+        why.push("proxy listeners are not accepting yet".to_owned());
+    }
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("not ready: {}\n", why.join("; ")),
+    )
+        .into_response()
+}
+
+async fn config(State(s): State<AdminState>) -> Json<serde_json::Value> {
+    let routes = s.mesh.routes();
+    Json(json!({
+        "service": s.mesh.service,
+        "env": s.mesh.env,
+        "version": routes.as_ref().map(|r| r.table.version),
+        "status": s.mesh.status(),
+        "table": routes.as_ref().map(|r| &r.table),
+    }))
+}
+
+async fn endpoints(State(s): State<AdminState>) -> Json<serde_json::Value> {
+    let mut services = serde_json::Map::new();
+    if let Some(routes) = s.mesh.routes() {
+        let mut list: Vec<_> = routes.services().collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        for r in list {
+            let mut eps: Vec<String> = r
+                .balancer
+                .endpoints()
+                .iter()
+                .map(|a| a.to_string())
+                .collect();
+            eps.sort();
+            services.insert(
+                r.name.clone(),
+                json!({
+                    "lb": r.policy.lb,
+                    "source": r.policy.endpoints,
+                    "endpoints": eps,
+                    "discovery": r.balancer.discovery_status(),
+                }),
+            );
+        }
+    }
+    Json(json!({ "services": services }))
+}
+
+/// Runs the admin server on a listener bound by `main`.
+pub struct AdminService {
+    pub state: AdminState,
+    pub listener: Mutex<Option<std::net::TcpListener>>,
+}
+
+#[async_trait]
+impl BackgroundService for AdminService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(std_listener) = self.listener.lock().expect("listener lock").take() else {
+            return;
+        };
+        let listener = match std_listener
+            .set_nonblocking(true)
+            .and_then(|_| tokio::net::TcpListener::from_std(std_listener))
+        {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "admin listener unusable");
+                return;
+            }
+        };
+        let served = axum::serve(listener, app(self.state.clone()))
+            .with_graceful_shutdown(async move {
+                let _ = shutdown.changed().await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "admin server failed");
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! The inbound proxy: other services' calls to the local app.
+//!
+//! It forwards every request to the app over pooled keep-alive connections, with the read
+//! timeout of the local service's table entry (its `request_ms`), and answers with a reasoned
+//! 502/504 when the app is down or too slow.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+use crate::reason::{self, Reason};
+use crate::routes::Mesh;
+
+const APP_CONNECT: Duration = Duration::from_secs(1);
+const APP_IDLE: Duration = Duration::from_secs(60);
+
+pub struct Inbound {
+    pub mesh: Arc<Mesh>,
+    pub app: SocketAddr,
+}
+
+impl Inbound {
+    fn app_timeout(&self) -> Duration {
+        self.mesh
+            .routes()
+            .and_then(|r| {
+                r.lookup(&self.mesh.service)
+                    .map(|s| s.policy.timeouts.request())
+            })
+            .unwrap_or(Duration::from_millis(mesh_table::defaults::REQUEST_MS))
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Inbound {
+    type CTX = ();
+
+    fn new_ctx(&self) {}
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
+        let timeout = self.app_timeout();
+        let mut peer = HttpPeer::new(self.app, false, String::new());
+        peer.options.connection_timeout = Some(APP_CONNECT);
+        peer.options.read_timeout = Some(timeout);
+        peer.options.write_timeout = Some(timeout);
+        peer.options.idle_timeout = Some(APP_IDLE);
+        Ok(Box::new(peer))
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut ()) -> FailToProxy {
+        if *e.esource() == ErrorSource::Downstream {
+            let code = match e.etype() {
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                _ => 400,
+            };
+            if code > 0 {
+                let _ = session.respond_error(code).await;
+            }
+            return FailToProxy {
+                error_code: code,
+                can_reuse_downstream: false,
+            };
+        }
+        let reason = match e.etype() {
+            ErrorType::ConnectTimedout
+            | ErrorType::ConnectRefused
+            | ErrorType::ConnectNoRoute
+            | ErrorType::ConnectError => Reason::ConnectFailure,
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout => Reason::PerTryTimeout,
+            _ => Reason::UpstreamReset,
+        };
+        let detail = format!("app {} of service {}: {e}", self.app, self.mesh.service);
+        let (h, body) = reason::response(reason, "inbound", &detail, 0);
+        let status = reason.status();
+        if let Err(e) = session.as_mut().write_error_response(h, body).await {
+            tracing::debug!(error = %e, "could not send the error response downstream");
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! `sidecar`: parses flags, builds the shared state and the Pingora server, and runs it.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use clap::Parser;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::Server;
+use pingora_core::services::background::background_service;
+use pingora_proxy::http_proxy_service_with_name;
+
+use sidecar::admin::{AdminService, AdminState};
+use sidecar::config::Args;
+use sidecar::inbound::Inbound;
+use sidecar::outbound::Outbound;
+use sidecar::ports::{reserve, Announcer};
+use sidecar::routes::Mesh;
+use sidecar::source::{Origin, TableSource};
+
+fn main() {
+    let args = Args::parse();
+    if let Err(e) = args.check() {
+        eprintln!("sidecar: {e}");
+        std::process::exit(2);
+    }
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    if let Err(e) = run(args) {
+        eprintln!("sidecar: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let origin = match (&args.control_plane, &args.table) {
+        (Some(cp), _) => Origin::control_plane(cp, &args.env),
+        (None, Some(path)) => Origin::File { path: path.clone() },
+        (None, None) => unreachable!("Args::check requires a source"),
+    };
+    let mesh = Mesh::new(args.service.clone(), args.env.clone(), origin.describe());
+
+    let outbound =
+        reserve(args.outbound).with_context(|| format!("--outbound {}", args.outbound))?;
+    let inbound = reserve(args.inbound).with_context(|| format!("--inbound {}", args.inbound))?;
+    let admin_listener = std::net::TcpListener::bind(args.admin)
+        .with_context(|| format!("--admin {}", args.admin))?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    let conf = ServerConf {
+        threads: args.threads,
+        // Our retry policy decides each retry; this only caps the attempts Pingora will make.
+        max_retries: 10,
+        grace_period_seconds: Some(args.shutdown_grace_s),
+        graceful_shutdown_timeout_seconds: Some(args.shutdown_grace_s),
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut out_svc = http_proxy_service_with_name(
+        &server.configuration,
+        Outbound { mesh: mesh.clone() },
+        "outbound",
+    );
+    out_svc.add_tcp_with_settings(
+        &outbound.addr.to_string(),
+        outbound.options.clone().unwrap_or_default(),
+    );
+    let mut in_svc = http_proxy_service_with_name(
+        &server.configuration,
+        Inbound {
+            mesh: mesh.clone(),
+            app: args.app,
+        },
+        "inbound",
+    );
+    in_svc.add_tcp_with_settings(
+        &inbound.addr.to_string(),
+        inbound.options.clone().unwrap_or_default(),
+    );
+
+    let listeners_up = Arc::new(AtomicBool::new(false));
+    let source = background_service(
+        "table source",
+        TableSource::new(mesh.clone(), origin, args.poll_interval, args.dns_refresh),
+    );
+    let admin = background_service(
+        "admin",
+        AdminService {
+            state: AdminState {
+                mesh: mesh.clone(),
+                listeners_up: listeners_up.clone(),
+            },
+            listener: Mutex::new(Some(admin_listener)),
+        },
+    );
+    let announcer = background_service(
+        "announcer",
+        Announcer {
+            listeners: vec![
+                ("outbound", outbound.addr),
+                ("inbound", inbound.addr),
+                ("admin", admin_addr),
+            ],
+            up: listeners_up,
+        },
+    );
+    server.add_service(out_svc);
+    server.add_service(in_svc);
+    server.add_service(source);
+    server.add_service(admin);
+    server.add_service(announcer);
+    tracing::info!(
+        service = %args.service,
+        outbound = %outbound.addr,
+        inbound = %inbound.addr,
+        admin = %admin_addr,
+        app = %args.app,
+        "sidecar starting"
+    );
+    // The reserving sockets must outlive the server: keep them on this stack frame.
+    let _keep = (outbound, inbound);
+    server.run_forever()
+}

@@ -1,0 +1,84 @@
+//! The responses the sidecar makes itself, and why.
+//!
+//! Each carries `x-mesh-error: <reason>` (one token from [`Reason`]), an RFC 9209
+//! `Proxy-Status` header and a one-line text body saying the same in words.
+
+use bytes::Bytes;
+use pingora_http::ResponseHeader;
+
+/// Why the sidecar answered instead of an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    UnknownService,
+    NoTable,
+    NoHealthyEndpoint,
+    ConnectFailure,
+    PerTryTimeout,
+    RequestTimeout,
+    UpstreamReset,
+    BadRequest,
+}
+
+impl Reason {
+    /// The `x-mesh-error` token.
+    pub fn token(self) -> &'static str {
+        match self {
+            Reason::UnknownService => "unknown-service",
+            Reason::NoTable => "no-table",
+            Reason::NoHealthyEndpoint => "no-healthy-endpoint",
+            Reason::ConnectFailure => "connect-failure",
+            Reason::PerTryTimeout => "per-try-timeout",
+            Reason::RequestTimeout => "request-timeout",
+            Reason::UpstreamReset => "upstream-reset",
+            Reason::BadRequest => "bad-request",
+        }
+    }
+
+    /// The status the sidecar answers with.
+    pub fn status(self) -> u16 {
+        match self {
+            Reason::UnknownService => 404,
+            Reason::BadRequest => 400,
+            Reason::NoTable | Reason::NoHealthyEndpoint => 503,
+            Reason::ConnectFailure | Reason::UpstreamReset => 502,
+            Reason::PerTryTimeout | Reason::RequestTimeout => 504,
+        }
+    }
+
+    /// RFC 9209 error type for `Proxy-Status`.
+    pub fn proxy_status(self) -> &'static str {
+        match self {
+            Reason::UnknownService => "destination_not_found",
+            Reason::NoTable | Reason::NoHealthyEndpoint => "destination_unavailable",
+            Reason::ConnectFailure => "connection_refused",
+            Reason::PerTryTimeout | Reason::RequestTimeout => "http_response_timeout",
+            Reason::UpstreamReset => "http_response_incomplete",
+            Reason::BadRequest => "http_request_error",
+        }
+    }
+}
+
+/// A complete error response: header and body.
+pub fn response(reason: Reason, hop: &str, detail: &str, attempts: u32) -> (ResponseHeader, Bytes) {
+    let body = Bytes::from(format!(
+        "meshlab sidecar ({hop}): {}: {detail}\n",
+        reason.token()
+    ));
+    let mut h = ResponseHeader::build(reason.status(), Some(6)).expect("valid status");
+    // Building a header from static names and ASCII values cannot fail.
+    let _ = h.insert_header("content-type", "text/plain; charset=utf-8");
+    let _ = h.insert_header("content-length", body.len().to_string());
+    let _ = h.insert_header("x-mesh-error", reason.token());
+    let _ = h.insert_header(
+        "proxy-status",
+        format!(
+            "meshlab-{hop}; error={}; details=\"{}\"",
+            reason.proxy_status(),
+            reason.token()
+        ),
+    );
+    if attempts > 0 {
+        let _ = h.insert_header("x-mesh-attempts", attempts.to_string());
+    }
+    (h, body)
+}

@@ -1,0 +1,196 @@
+//! The active routing table, compiled for serving.
+//!
+//! A [`Routes`] value is immutable: a new table builds a whole new one (balancers included,
+//! endpoints discovered before it is published) and [`Mesh`] swaps it in with one atomic store.
+//! Requests in flight keep the `Arc` of the routes they started with, so a swap drops nothing.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwapOption;
+use mesh_table::Table;
+use serde::Serialize;
+
+use crate::balancer::Balancer;
+
+/// One service's policy and endpoints.
+pub struct ServiceRoute {
+    pub name: String,
+    pub policy: mesh_table::Service,
+    pub balancer: Balancer,
+}
+
+/// A compiled routing table.
+pub struct Routes {
+    pub table: Table,
+    services: HashMap<String, Arc<ServiceRoute>>,
+}
+
+impl Routes {
+    /// Builds balancers for every service and runs their first discovery.
+    pub async fn build(table: Table) -> Routes {
+        let mut services = HashMap::with_capacity(table.services.len());
+        for (name, svc) in &table.services {
+            let balancer = Balancer::new(svc.endpoints.clone(), svc.lb);
+            balancer.refresh().await;
+            services.insert(
+                name.clone(),
+                Arc::new(ServiceRoute {
+                    name: name.clone(),
+                    policy: svc.clone(),
+                    balancer,
+                }),
+            );
+        }
+        Routes { table, services }
+    }
+
+    /// The route for a request authority's host (`b`, `b:8080`'s host part, or a Kubernetes
+    /// name such as `b.mesh-dev.svc.cluster.local`).
+    pub fn lookup(&self, host: &str) -> Option<&Arc<ServiceRoute>> {
+        if let Some(r) = self.services.get(host) {
+            return Some(r);
+        }
+        let (first, rest) = host.split_once('.')?;
+        let cluster_name = rest.ends_with(".svc.cluster.local")
+            || rest.ends_with(".svc")
+            || rest.ends_with(".svc.cluster.local.");
+        if cluster_name {
+            self.services.get(first)
+        } else {
+            None
+        }
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &Arc<ServiceRoute>> {
+        self.services.values()
+    }
+
+    pub fn names(&self) -> String {
+        let mut v: Vec<&str> = self.services.keys().map(String::as_str).collect();
+        v.sort_unstable();
+        v.join(", ")
+    }
+}
+
+/// Where the active table came from and how the last fetch went, for `/config`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SourceStatus {
+    /// `control-plane http://…/v1/envs/dev/table` or `file /path/table.toml`.
+    pub source: String,
+    pub etag: Option<String>,
+    #[serde(serialize_with = "time")]
+    pub last_poll: Option<SystemTime>,
+    #[serde(serialize_with = "time")]
+    pub last_success: Option<SystemTime>,
+    #[serde(serialize_with = "time")]
+    pub last_change: Option<SystemTime>,
+    /// The last fetch or validation error; `None` once a fetch succeeds again.
+    pub last_error: Option<String>,
+    /// Every validation error of the last rejected table.
+    pub rejected: Vec<String>,
+    pub polls: u64,
+    pub poll_errors: u64,
+    pub tables_rejected: u64,
+}
+
+fn time<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&humantime::format_rfc3339_millis(*t).to_string()),
+        None => s.serialize_none(),
+    }
+}
+
+/// The sidecar's shared state: the active routes and the table source's status.
+pub struct Mesh {
+    pub service: String,
+    pub env: String,
+    routes: ArcSwapOption<Routes>,
+    status: Mutex<SourceStatus>,
+}
+
+impl Mesh {
+    pub fn new(service: String, env: String, source: String) -> Arc<Mesh> {
+        Arc::new(Mesh {
+            service,
+            env,
+            routes: ArcSwapOption::empty(),
+            status: Mutex::new(SourceStatus {
+                source,
+                ..Default::default()
+            }),
+        })
+    }
+
+    /// The active routes, `None` until a first table is loaded.
+    pub fn routes(&self) -> Option<Arc<Routes>> {
+        self.routes.load_full()
+    }
+
+    /// Publishes new routes atomically.
+    pub fn install(&self, routes: Routes) {
+        self.routes.store(Some(Arc::new(routes)));
+    }
+
+    pub fn status(&self) -> SourceStatus {
+        self.status.lock().expect("status lock").clone()
+    }
+
+    pub fn update_status(&self, f: impl FnOnce(&mut SourceStatus)) {
+        f(&mut self.status.lock().expect("status lock"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TABLE: &str = r#"
+version = 3
+[services.b]
+endpoints = ["127.0.0.1:9001"]
+[services.c-api]
+endpoints = ["127.0.0.1:9002"]
+"#;
+
+    #[tokio::test]
+    async fn lookup_by_name_and_cluster_dns_name() {
+        let r = Routes::build(Table::from_toml_str(TABLE).unwrap()).await;
+        assert!(r.lookup("b").is_some(), "exact service name");
+        assert!(r.lookup("c-api").is_some(), "names with dashes");
+        assert!(
+            r.lookup("b.mesh-dev.svc.cluster.local").is_some(),
+            "Kubernetes FQDN"
+        );
+        assert!(
+            r.lookup("b.mesh-dev.svc").is_some(),
+            "short Kubernetes name"
+        );
+        assert!(
+            r.lookup("b.example.com").is_none(),
+            "an outside host is not the service b"
+        );
+        assert!(r.lookup("x").is_none(), "unknown name");
+        assert_eq!(r.names(), "b, c-api");
+    }
+
+    #[tokio::test]
+    async fn install_swaps_whole_tables_and_old_readers_keep_theirs() {
+        let mesh = Mesh::new("a".into(), "dev".into(), "test".into());
+        assert!(mesh.routes().is_none(), "no routes before the first table");
+        mesh.install(Routes::build(Table::from_toml_str(TABLE).unwrap()).await);
+        let held = mesh.routes().expect("routes after install");
+        let next = TABLE.replace("version = 3", "version = 4");
+        mesh.install(Routes::build(Table::from_toml_str(&next).unwrap()).await);
+        assert_eq!(
+            held.table.version, 3,
+            "an in-flight request keeps its table"
+        );
+        assert_eq!(
+            mesh.routes().unwrap().table.version,
+            4,
+            "new requests see the new table"
+        );
+    }
+}
