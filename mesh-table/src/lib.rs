@@ -287,6 +287,7 @@ impl Table {
     pub fn compile(raw: raw::RawTable) -> Result<Table, TableError> {
         let mut errs = Vec::new();
         let mut services = BTreeMap::new();
+        let declared: Vec<String> = raw.services.keys().cloned().collect();
         if raw.services.is_empty() {
             errs.push(InvalidField::new(
                 "services",
@@ -302,7 +303,7 @@ impl Table {
                 services.insert(name, s);
             }
         }
-        let lab = raw.lab.map(|l| compile_lab(l, &services, &mut errs));
+        let lab = raw.lab.map(|l| compile_lab(l, &declared, &mut errs));
         if errs.is_empty() {
             Ok(Table {
                 version: raw.version,
@@ -577,14 +578,10 @@ fn compile_breaker(
     }
 }
 
-fn compile_lab(
-    raw: raw::RawLab,
-    services: &BTreeMap<String, Service>,
-    errs: &mut Vec<InvalidField>,
-) -> Lab {
-    // A service that failed validation is absent from `services`; its own errors are already
-    // reported, so only names that are nowhere in the table are flagged here.
-    let known = |n: &str| services.contains_key(n);
+fn compile_lab(raw: raw::RawLab, declared: &[String], errs: &mut Vec<InvalidField>) -> Lab {
+    // Names declared under [services], valid or not: a service with a bad field has its own
+    // errors already, so only names missing from the table altogether are flagged here.
+    let known = |n: &str| declared.iter().any(|d| d == n);
     if !raw.services.contains_key(&raw.entry) {
         errs.push(InvalidField::new(
             "lab.entry",
@@ -594,7 +591,7 @@ fn compile_lab(
     let mut out = BTreeMap::new();
     for (name, s) in &raw.services {
         let path = format!("lab.services.{name}");
-        if !known(name) && check_name(name).is_ok() {
+        if !known(name) {
             errs.push(InvalidField::new(
                 &path,
                 format!("{name:?} has no [services.{name}] routing entry"),

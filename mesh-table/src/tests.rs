@@ -205,3 +205,23 @@ fn host_port_splitting() {
     assert!(split_host_port(":80").is_err());
     assert!(split_host_port("a:99999").is_err());
 }
+
+#[test]
+fn a_bad_service_does_not_add_knock_on_lab_errors() {
+    let errs = invalid(
+        r#"
+version = 1
+[services.b]
+endpoints = "dns:b:1"
+retries = { attempts = 0 }
+[lab]
+entry = "b"
+[lab.services.b]
+"#,
+    );
+    assert_eq!(
+        errs,
+        vec!["services.b.retries.attempts: must be 1..=10, got 0"],
+        "only the real error is reported"
+    );
+}
