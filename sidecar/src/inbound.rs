@@ -1,8 +1,8 @@
 //! The inbound proxy: other services' calls to the local app.
 //!
 //! It forwards every request to the app over pooled keep-alive connections, with the read
-//! timeout of the local service's table entry (its `request_ms`), and answers with a reasoned
-//! 502/504 when the app is down or too slow.
+//! timeout of the local service's table entry (its `request_ms`), drops the app's hop-by-hop
+//! response fields, and answers with a reasoned 502/504 when the app is down or too slow.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,8 +11,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::ResponseHeader;
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::outbound::strip_response_hop_by_hop;
 use crate::reason::{self, Reason};
 use crate::routes::Mesh;
 
@@ -50,6 +52,16 @@ impl ProxyHttp for Inbound {
         peer.options.write_timeout = Some(timeout);
         peer.options.idle_timeout = Some(APP_IDLE);
         Ok(Box::new(peer))
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        _ctx: &mut (),
+    ) -> Result<()> {
+        strip_response_hop_by_hop(upstream_response);
+        Ok(())
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut ()) -> FailToProxy {

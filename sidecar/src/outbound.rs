@@ -10,6 +10,7 @@
 //! - `error_while_proxy`: a failure after sending is retried only for idempotent methods whose
 //!   body is still buffered;
 //! - `upstream_request_filter`: absolute-form targets (HTTP proxy clients) become origin-form;
+//! - `response_filter`: the upstream's hop-by-hop response fields stay on its hop;
 //! - `fail_to_proxy`: the one place that turns a failure into the sidecar's own 4xx/5xx answer.
 
 use std::net::SocketAddr;
@@ -17,10 +18,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use http::header::{self, HeaderName};
 use pingora_core::protocols::http::authority::{raw_target_authority, RawTargetAuthority};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
-use pingora_http::RequestHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use mesh_table::RetryOn;
@@ -65,6 +67,56 @@ pub fn authority_host(req: &RequestHeader) -> Option<&str> {
         raw.rsplit_once(':').map_or(raw, |(h, _)| h)
     };
     (!host.is_empty()).then_some(host)
+}
+
+/// Hop-by-hop response fields a proxy removes whether or not `Connection` names them
+/// (RFC 9110 7.6.1). `Transfer-Encoding` is Pingora's: it frames the body it writes.
+static RESPONSE_HOP_BY_HOP: [HeaderName; 4] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::UPGRADE,
+];
+
+/// Removes the upstream's hop-by-hop fields from its response before it goes downstream: the
+/// standard ones and those its `Connection` header nominates (RFC 9110 7.6.1). Pingora replaces
+/// `Connection` itself and frames the body, but forwards every other field as is. A `101`
+/// keeps its fields: the upgrade handshake needs them. Allocates only when the upstream
+/// nominated a field it also sent.
+pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
+    if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
+        return;
+    }
+    for name in &RESPONSE_HOP_BY_HOP {
+        if resp.headers.contains_key(name) {
+            resp.remove_header(name);
+        }
+    }
+    // Looking a borrowed name up does not allocate: most responses end here.
+    let sent = |t: &[u8]| std::str::from_utf8(t).is_ok_and(|t| resp.headers.contains_key(t));
+    if !connection_nominations(resp).any(sent) {
+        return;
+    }
+    let names: Vec<HeaderName> = connection_nominations(resp)
+        .filter_map(|t| HeaderName::from_bytes(t).ok())
+        .collect();
+    for name in &names {
+        resp.remove_header(name);
+    }
+}
+
+/// The field names a message's `Connection` header nominates, but the framing fields, which are
+/// Pingora's to set.
+fn connection_nominations(resp: &ResponseHeader) -> impl Iterator<Item = &[u8]> {
+    resp.headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| {
+            !t.eq_ignore_ascii_case(b"content-length")
+                && !t.eq_ignore_ascii_case(b"transfer-encoding")
+        })
 }
 
 impl Outbound {
@@ -230,6 +282,16 @@ impl ProxyHttp for Outbound {
         Ok(())
     }
 
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        _ctx: &mut OutboundCtx,
+    ) -> Result<()> {
+        strip_response_hop_by_hop(upstream_response);
+        Ok(())
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
@@ -311,5 +373,99 @@ mod tests {
             None,
             "no authority at all"
         );
+    }
+
+    fn resp(status: u16, fields: &[(&str, &str)]) -> ResponseHeader {
+        let mut r = ResponseHeader::build(status, None).unwrap();
+        for (k, v) in fields {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    fn names(r: &ResponseHeader) -> Vec<String> {
+        let mut n: Vec<String> = r.headers.keys().map(|k| k.to_string()).collect();
+        n.sort();
+        n.dedup();
+        n
+    }
+
+    #[test]
+    fn response_hop_by_hop_fields_are_removed() {
+        let mut r = resp(
+            200,
+            &[
+                ("Content-Length", "2"),
+                ("Connection", "keep-alive, X-Secret"),
+                ("Connection", "x-other"),
+                ("X-Secret", "1"),
+                ("X-Other", "2"),
+                ("Keep-Alive", "timeout=5"),
+                ("Proxy-Connection", "keep-alive"),
+                ("TE", "trailers"),
+                ("Upgrade", "h2c"),
+                ("X-Kept", "yes"),
+            ],
+        );
+        strip_response_hop_by_hop(&mut r);
+        assert_eq!(
+            names(&r),
+            ["connection", "content-length", "x-kept"],
+            "nominated and standard hop-by-hop fields go; Pingora rewrites Connection"
+        );
+        let mut wire = Vec::new();
+        r.header_to_h1_wire(&mut wire);
+        let wire = String::from_utf8(wire).unwrap();
+        assert!(
+            !wire.contains("X-Secret:") && wire.contains("X-Kept: yes"),
+            "the case-preserving name map follows: {wire}"
+        );
+    }
+
+    #[test]
+    fn response_without_hop_by_hop_fields_is_untouched() {
+        let fields = [
+            ("Content-Type", "text/plain"),
+            ("Connection", "keep-alive"),
+            ("Content-Length", "2"),
+        ];
+        let mut r = resp(200, &fields);
+        strip_response_hop_by_hop(&mut r);
+        assert_eq!(r.headers, resp(200, &fields).headers);
+    }
+
+    #[test]
+    fn framing_fields_are_never_nominated_away() {
+        let mut r = resp(
+            200,
+            &[
+                ("Connection", "Content-Length, transfer-encoding, close"),
+                ("Content-Length", "2"),
+            ],
+        );
+        strip_response_hop_by_hop(&mut r);
+        assert_eq!(r.headers["content-length"], "2", "Pingora frames by it");
+    }
+
+    #[test]
+    fn switching_protocols_keeps_its_handshake() {
+        let fields = [("Connection", "Upgrade"), ("Upgrade", "websocket")];
+        let mut r = resp(101, &fields);
+        strip_response_hop_by_hop(&mut r);
+        assert_eq!(r.headers, resp(101, &fields).headers);
+    }
+
+    #[test]
+    fn malformed_nominations_are_ignored() {
+        let mut r = resp(
+            200,
+            &[
+                ("Connection", " , \"bad token\", x-a ,,"),
+                ("X-A", "1"),
+                ("X-B", "2"),
+            ],
+        );
+        strip_response_hop_by_hop(&mut r);
+        assert_eq!(names(&r), ["connection", "x-b"]);
     }
 }
