@@ -36,7 +36,19 @@ pub mod defaults {
     pub const CONSECUTIVE_FAILURES: u32 = 5;
     pub const BASE_EJECTION_MS: u64 = 30_000;
     pub const MAX_EJECTED_PERCENT: u32 = 50;
+    pub const MAX_EJECTION_MS: u64 = 300_000;
     pub const MAX_CONCURRENT: u32 = 1_024;
+    pub const MAX_PENDING: u32 = 1_024;
+    pub const BUDGET_RATIO: f64 = 0.2;
+    pub const BUDGET_MIN_PER_S: u32 = 10;
+    pub const BUDGET_WINDOW_MS: u64 = 10_000;
+    pub const MAX_BODY_BYTES: u64 = 64 * 1024;
+    pub const PANIC_THRESHOLD_PERCENT: u32 = 50;
+    pub const HEALTH_INTERVAL_MS: u64 = 1_000;
+    pub const HEALTH_TIMEOUT_MS: u64 = 500;
+    pub const HEALTHY_THRESHOLD: u32 = 2;
+    pub const UNHEALTHY_THRESHOLD: u32 = 3;
+    pub const HEALTH_PATH: &str = "/healthz";
     pub const REPLICAS: u32 = 1;
     pub const ERROR_STATUS: u16 = 503;
 }
@@ -58,9 +70,39 @@ pub struct Table {
 pub struct Service {
     pub endpoints: Endpoints,
     pub lb: Lb,
+    /// The request header whose value `ring-hash` hashes (required with `ring-hash`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hash_header: Option<String>,
+    /// Below this share of usable endpoints, balance across all of them (Envoy's panic
+    /// threshold); 0 disables it.
+    pub panic_threshold_percent: u32,
     pub timeouts: Timeouts,
     pub retries: Retries,
     pub breaker: Breaker,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+}
+
+/// Active health checking of every endpoint of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HealthCheck {
+    /// `http` (GET `path`, healthy on 2xx) or `tcp` (a connection is accepted).
+    pub kind: HealthCheckKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    /// Consecutive successes that make an unhealthy endpoint healthy again.
+    pub healthy: u32,
+    /// Consecutive failures that make a healthy endpoint unhealthy.
+    pub unhealthy: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HealthCheckKind {
+    Http,
+    Tcp,
 }
 
 /// Where a service's endpoints come from.
@@ -87,15 +129,30 @@ impl Serialize for Endpoints {
 pub enum Lb {
     RoundRobin,
     Random,
+    /// Power of two choices: the one with fewer requests in flight.
+    P2cLeastRequest,
+    /// Power of two choices on peak-EWMA latency x requests in flight (Linkerd's default).
+    P2cEwma,
+    /// Consistent hashing (Ketama) on the value of `hash_header`.
+    RingHash,
 }
 
 impl Lb {
-    pub const NAMES: &'static [&'static str] = &["round-robin", "random"];
+    pub const NAMES: &'static [&'static str] = &[
+        "round-robin",
+        "random",
+        "p2c-least-request",
+        "p2c-ewma",
+        "ring-hash",
+    ];
 
     fn parse(s: &str) -> Option<Lb> {
         match s {
             "round-robin" => Some(Lb::RoundRobin),
             "random" => Some(Lb::Random),
+            "p2c-least-request" => Some(Lb::P2cLeastRequest),
+            "p2c-ewma" => Some(Lb::P2cEwma),
+            "ring-hash" => Some(Lb::RingHash),
             _ => None,
         }
     }
@@ -185,13 +242,37 @@ impl Serialize for RetryOn {
 }
 
 /// Retry policy of one service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Retries {
     /// Total tries, the first one included.
     pub attempts: u32,
     pub on: Vec<RetryOn>,
     /// Exponential backoff between tries: `[base, cap]`.
     pub backoff_ms: [u64; 2],
+    pub budget: Budget,
+    /// Request bodies up to this size are buffered for replay; larger ones are not retried.
+    pub max_body_bytes: u64,
+    /// Send a second try to another endpoint when the first has not answered after this long.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hedge_after_ms: Option<u64>,
+}
+
+/// Retries may add at most `ratio` of the requests in the window, plus `min_per_s`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Budget {
+    pub ratio: f64,
+    pub min_per_s: u32,
+    pub window_ms: u64,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget {
+            ratio: defaults::BUDGET_RATIO,
+            min_per_s: defaults::BUDGET_MIN_PER_S,
+            window_ms: defaults::BUDGET_WINDOW_MS,
+        }
+    }
 }
 
 impl Retries {
@@ -217,6 +298,9 @@ impl Default for Retries {
             attempts: defaults::ATTEMPTS,
             on: vec![RetryOn::ConnectFailure, RetryOn::GatewayError],
             backoff_ms: [defaults::BACKOFF_BASE_MS, defaults::BACKOFF_CAP_MS],
+            budget: Budget::default(),
+            max_body_bytes: defaults::MAX_BODY_BYTES,
+            hedge_after_ms: None,
         }
     }
 }
@@ -226,8 +310,13 @@ impl Default for Retries {
 pub struct Breaker {
     pub consecutive_failures: u32,
     pub base_ejection_ms: u64,
+    /// Cap of `base_ejection_ms` x times ejected.
+    pub max_ejection_ms: u64,
     pub max_ejected_percent: u32,
+    /// In-flight requests to the service; past it (and `max_pending`), 503 overflow at once.
     pub max_concurrent: u32,
+    /// Requests that may wait for a free slot once `max_concurrent` are in flight.
+    pub max_pending: u32,
 }
 
 impl Default for Breaker {
@@ -235,8 +324,10 @@ impl Default for Breaker {
         Breaker {
             consecutive_failures: defaults::CONSECUTIVE_FAILURES,
             base_ejection_ms: defaults::BASE_EJECTION_MS,
+            max_ejection_ms: defaults::MAX_EJECTION_MS,
             max_ejected_percent: defaults::MAX_EJECTED_PERCENT,
             max_concurrent: defaults::MAX_CONCURRENT,
+            max_pending: defaults::MAX_PENDING,
         }
     }
 }
@@ -354,19 +445,133 @@ fn compile_service(
             Lb::RoundRobin
         }),
     };
+    let hash_header = raw.hash_header;
+    match (&hash_header, lb) {
+        (None, Lb::RingHash) => errs.push(InvalidField::new(
+            &format!("{path}.hash_header"),
+            "ring-hash needs the name of the request header to hash, e.g. hash_header = \"x-user-id\"",
+        )),
+        (Some(_), lb) if lb != Lb::RingHash => errs.push(InvalidField::new(
+            &format!("{path}.hash_header"),
+            "only used with lb = \"ring-hash\"",
+        )),
+        (Some(h), _) if !is_header_name(h) => errs.push(InvalidField::new(
+            &format!("{path}.hash_header"),
+            format!("{h:?} is not a valid header name"),
+        )),
+        _ => {}
+    }
+    let panic_threshold_percent = raw
+        .panic_threshold_percent
+        .unwrap_or(defaults::PANIC_THRESHOLD_PERCENT);
+    range_u64(
+        errs,
+        &format!("{path}.panic_threshold_percent"),
+        panic_threshold_percent.into(),
+        0,
+        100,
+    );
     let timeouts = compile_timeouts(&format!("{path}.timeouts"), raw.timeouts, errs);
     let retries = compile_retries(&format!("{path}.retries"), raw.retries, errs);
+    if let Some(h) = retries.hedge_after_ms {
+        if h >= timeouts.request_ms {
+            errs.push(InvalidField::new(
+                &format!("{path}.retries.hedge_after_ms"),
+                format!(
+                    "({h}) must be less than timeouts.request_ms ({})",
+                    timeouts.request_ms
+                ),
+            ));
+        }
+    }
     let breaker = compile_breaker(&format!("{path}.breaker"), raw.breaker, errs);
+    let health_check = raw
+        .health_check
+        .map(|h| compile_health(&format!("{path}.health_check"), h, errs));
     if errs.len() > before {
         return None;
     }
     Some(Service {
         endpoints: endpoints?,
         lb,
+        hash_header: hash_header.map(|h| h.to_ascii_lowercase()),
+        panic_threshold_percent,
         timeouts,
         retries,
         breaker,
+        health_check,
     })
+}
+
+fn is_header_name(h: &str) -> bool {
+    !h.is_empty()
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn compile_health(
+    path: &str,
+    raw: raw::RawHealthCheck,
+    errs: &mut Vec<InvalidField>,
+) -> HealthCheck {
+    let kind = match raw.kind.as_deref() {
+        None | Some("http") => HealthCheckKind::Http,
+        Some("tcp") => HealthCheckKind::Tcp,
+        Some(k) => {
+            errs.push(InvalidField::new(
+                &format!("{path}.kind"),
+                format!("unknown kind {k:?}; expected http or tcp"),
+            ));
+            HealthCheckKind::Http
+        }
+    };
+    let hc_path = match kind {
+        HealthCheckKind::Http => {
+            let p = raw.path.unwrap_or_else(|| defaults::HEALTH_PATH.to_owned());
+            if !p.starts_with('/') || p.contains(char::is_whitespace) {
+                errs.push(InvalidField::new(
+                    &format!("{path}.path"),
+                    format!("{p:?} must be an absolute path like /healthz"),
+                ));
+            }
+            Some(p)
+        }
+        HealthCheckKind::Tcp => {
+            if raw.path.is_some() {
+                errs.push(InvalidField::new(
+                    &format!("{path}.path"),
+                    "a tcp check has no path",
+                ));
+            }
+            None
+        }
+    };
+    let interval_ms = range_u64(
+        errs,
+        &format!("{path}.interval_ms"),
+        raw.interval_ms.unwrap_or(defaults::HEALTH_INTERVAL_MS),
+        10,
+        3_600_000,
+    );
+    let timeout_ms = range_u64(
+        errs,
+        &format!("{path}.timeout_ms"),
+        raw.timeout_ms.unwrap_or(defaults::HEALTH_TIMEOUT_MS),
+        1,
+        60_000,
+    );
+    let healthy = raw.healthy.unwrap_or(defaults::HEALTHY_THRESHOLD);
+    range_u64(errs, &format!("{path}.healthy"), healthy.into(), 1, 100);
+    let unhealthy = raw.unhealthy.unwrap_or(defaults::UNHEALTHY_THRESHOLD);
+    range_u64(errs, &format!("{path}.unhealthy"), unhealthy.into(), 1, 100);
+    HealthCheck {
+        kind,
+        path: hc_path,
+        interval_ms,
+        timeout_ms,
+        healthy,
+        unhealthy,
+    }
 }
 
 fn compile_endpoints(
@@ -525,10 +730,56 @@ fn compile_retries(
             format!("must be [base, cap] with 1 <= base <= cap <= 60000, got [{base}, {cap}]"),
         ));
     }
+    let budget = match raw.budget {
+        None => Budget::default(),
+        Some(b) => {
+            let d = Budget::default();
+            let ratio = b.ratio.unwrap_or(d.ratio);
+            if !(0.0..=10.0).contains(&ratio) {
+                errs.push(InvalidField::new(
+                    &format!("{path}.budget.ratio"),
+                    format!("must be between 0 and 10, got {ratio}"),
+                ));
+            }
+            let min_per_s = b.min_per_s.unwrap_or(d.min_per_s);
+            range_u64(
+                errs,
+                &format!("{path}.budget.min_per_s"),
+                min_per_s.into(),
+                0,
+                1_000_000,
+            );
+            let window_ms = range_u64(
+                errs,
+                &format!("{path}.budget.window_ms"),
+                b.window_ms.unwrap_or(d.window_ms),
+                1_000,
+                600_000,
+            );
+            Budget {
+                ratio,
+                min_per_s,
+                window_ms,
+            }
+        }
+    };
+    let max_body_bytes = range_u64(
+        errs,
+        &format!("{path}.max_body_bytes"),
+        raw.max_body_bytes.unwrap_or(d.max_body_bytes),
+        0,
+        16 * 1024 * 1024,
+    );
+    let hedge_after_ms = raw
+        .hedge_after_ms
+        .map(|h| range_u64(errs, &format!("{path}.hedge_after_ms"), h, 1, 3_600_000));
     Retries {
         attempts,
         on,
         backoff_ms,
+        budget,
+        max_body_bytes,
+        hedge_after_ms,
     }
 }
 
@@ -554,6 +805,19 @@ fn compile_breaker(
         1,
         3_600_000,
     );
+    let max_ejection = range_u64(
+        errs,
+        &format!("{path}.max_ejection_ms"),
+        raw.max_ejection_ms.unwrap_or(d.max_ejection_ms),
+        1,
+        86_400_000,
+    );
+    if max_ejection < base {
+        errs.push(InvalidField::new(
+            &format!("{path}.max_ejection_ms"),
+            format!("({max_ejection}) must be at least base_ejection_ms ({base})"),
+        ));
+    }
     let pct = raw.max_ejected_percent.unwrap_or(d.max_ejected_percent);
     range_u64(
         errs,
@@ -570,11 +834,21 @@ fn compile_breaker(
         1,
         1_000_000,
     );
+    let mp = raw.max_pending.unwrap_or(d.max_pending);
+    range_u64(
+        errs,
+        &format!("{path}.max_pending"),
+        mp.into(),
+        0,
+        1_000_000,
+    );
     Breaker {
         consecutive_failures: cf,
         base_ejection_ms: base,
+        max_ejection_ms: max_ejection,
         max_ejected_percent: pct,
         max_concurrent: mc,
+        max_pending: mp,
     }
 }
 

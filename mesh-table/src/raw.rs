@@ -18,6 +18,9 @@ pub struct RawTable {
 pub struct RawService {
     pub endpoints: RawEndpoints,
     pub lb: Option<String>,
+    pub hash_header: Option<String>,
+    pub panic_threshold_percent: Option<u32>,
+    pub health_check: Option<RawHealthCheck>,
     pub timeouts: Option<RawTimeouts>,
     pub retries: Option<RawRetries>,
     pub breaker: Option<RawBreaker>,
@@ -48,6 +51,28 @@ pub struct RawRetries {
     pub attempts: Option<u32>,
     pub on: Option<Vec<String>>,
     pub backoff_ms: Option<[u64; 2]>,
+    pub budget: Option<RawBudget>,
+    pub max_body_bytes: Option<u64>,
+    pub hedge_after_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    pub ratio: Option<f64>,
+    pub min_per_s: Option<u32>,
+    pub window_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    pub kind: Option<String>,
+    pub path: Option<String>,
+    pub interval_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub healthy: Option<u32>,
+    pub unhealthy: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -55,8 +80,10 @@ pub struct RawRetries {
 pub struct RawBreaker {
     pub consecutive_failures: Option<u32>,
     pub base_ejection_ms: Option<u64>,
+    pub max_ejection_ms: Option<u64>,
     pub max_ejected_percent: Option<u32>,
     pub max_concurrent: Option<u32>,
+    pub max_pending: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

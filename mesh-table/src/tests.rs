@@ -225,3 +225,102 @@ entry = "b"
         "only the real error is reported"
     );
 }
+
+#[test]
+fn resilience_fields_parse_and_default() {
+    let t = Table::from_toml_str(
+        r#"
+version = 1
+[services.b]
+endpoints = "dns:b:1"
+lb = "ring-hash"
+hash_header = "X-User-Id"
+panic_threshold_percent = 30
+health_check = { kind = "http", path = "/ready", interval_ms = 200, healthy = 1, unhealthy = 2 }
+retries = { attempts = 3, budget = { ratio = 0.1, min_per_s = 5 }, max_body_bytes = 1024, hedge_after_ms = 50 }
+breaker = { max_pending = 0, max_ejection_ms = 60000 }
+[services.c]
+endpoints = "dns:c:1"
+lb = "p2c-ewma"
+health_check = { kind = "tcp" }
+"#,
+    )
+    .expect("valid");
+    let b = &t.services["b"];
+    assert_eq!(b.lb, Lb::RingHash);
+    assert_eq!(
+        b.hash_header.as_deref(),
+        Some("x-user-id"),
+        "header names are lowercased"
+    );
+    assert_eq!(b.panic_threshold_percent, 30);
+    assert_eq!(b.retries.budget.ratio, 0.1);
+    assert_eq!(
+        b.retries.budget.window_ms, 10_000,
+        "window defaults to 10 s"
+    );
+    assert_eq!(b.retries.hedge_after_ms, Some(50));
+    assert_eq!(b.breaker.max_pending, 0);
+    assert_eq!(b.breaker.max_ejection_ms, 60_000);
+    let hc = b.health_check.as_ref().unwrap();
+    assert_eq!(
+        (hc.kind, hc.path.as_deref(), hc.interval_ms),
+        (HealthCheckKind::Http, Some("/ready"), 200)
+    );
+    let c = &t.services["c"];
+    assert_eq!(c.lb, Lb::P2cEwma);
+    assert_eq!(
+        c.panic_threshold_percent, 50,
+        "Envoy's default panic threshold"
+    );
+    assert_eq!(
+        c.retries.budget,
+        Budget::default(),
+        "the budget defaults to 20% + 10/s"
+    );
+    assert_eq!(
+        c.breaker.max_ejection_ms, 300_000,
+        "ejections cap at 300 s by default"
+    );
+    assert_eq!(
+        c.health_check.as_ref().unwrap().path,
+        None,
+        "tcp checks have no path"
+    );
+    let back = Table::from_json_str(&t.to_json()).unwrap();
+    assert_eq!(t, back, "round trip with every new field");
+}
+
+#[test]
+fn resilience_fields_are_validated() {
+    let errs = invalid(
+        r#"
+version = 1
+[services.b]
+endpoints = "dns:b:1"
+lb = "ring-hash"
+panic_threshold_percent = 101
+timeouts = { request_ms = 100 }
+retries = { budget = { ratio = -1.0, window_ms = 5 }, hedge_after_ms = 100 }
+breaker = { base_ejection_ms = 1000, max_ejection_ms = 10 }
+health_check = { kind = "udp", interval_ms = 0 }
+[services.c]
+endpoints = "dns:c:1"
+hash_header = "x"
+"#,
+    );
+    let joined = errs.join("\n");
+    for want in [
+        "services.b.hash_header: ring-hash needs",
+        "services.b.panic_threshold_percent: must be 0..=100, got 101",
+        "services.b.retries.budget.ratio: must be between 0 and 10, got -1",
+        "services.b.retries.budget.window_ms: must be 1000..=600000, got 5",
+        "services.b.retries.hedge_after_ms: (100) must be less than timeouts.request_ms (100)",
+        "services.b.breaker.max_ejection_ms: (10) must be at least base_ejection_ms (1000)",
+        "services.b.health_check.kind: unknown kind \"udp\"",
+        "services.b.health_check.interval_ms: must be 10..=3600000, got 0",
+        "services.c.hash_header: only used with lb = \"ring-hash\"",
+    ] {
+        assert!(joined.contains(want), "missing {want:?} in:\n{joined}");
+    }
+}

@@ -40,10 +40,22 @@ pub fn client(sidecar: &str) -> reqwest::Result<reqwest::Client> {
         .build()
 }
 
-/// The subset of `incoming` that is forwarded downstream.
-pub fn forwarded_headers(incoming: &HeaderMap) -> HeaderMap {
+/// The subset of `incoming` that is forwarded downstream. The caller's deadline
+/// (`x-mesh-deadline-ms`, the time it will still wait) is reduced by `elapsed`, the time this
+/// service has already spent on the request, so the next hop sees what is really left.
+pub fn forwarded_headers(incoming: &HeaderMap, elapsed: Duration) -> HeaderMap {
     let mut out = HeaderMap::new(); // does not allocate until the first insert
     for name in &FORWARDED_HEADERS {
+        if name == "x-mesh-deadline-ms" {
+            let left = incoming
+                .get(name)
+                .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+            if let Some(ms) = left {
+                let spent = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+                out.insert(name.clone(), ms.saturating_sub(spent).into());
+            }
+            continue;
+        }
         for value in incoming.get_all(name) {
             out.append(name.clone(), value.clone());
         }
@@ -213,10 +225,32 @@ mod tests {
         incoming.insert("x-request-id", HeaderValue::from_static("r1"));
         incoming.insert("authorization", HeaderValue::from_static("secret"));
         incoming.insert("host", HeaderValue::from_static("b"));
-        let out = forwarded_headers(&incoming);
+        let out = forwarded_headers(&incoming, Duration::ZERO);
         assert_eq!(out.len(), 2, "only traceparent and x-request-id: {out:?}");
         assert_eq!(out["traceparent"], "00-abc-def-01", "traceparent copied");
         assert_eq!(out["x-request-id"], "r1", "x-request-id copied");
+    }
+
+    #[test]
+    fn the_deadline_shrinks_by_the_time_already_spent() {
+        let mut incoming = HeaderMap::new();
+        incoming.insert("x-mesh-deadline-ms", HeaderValue::from_static("300"));
+        let out = forwarded_headers(&incoming, Duration::from_millis(120));
+        assert_eq!(
+            out["x-mesh-deadline-ms"], "180",
+            "300 ms left minus 120 ms spent"
+        );
+        let out = forwarded_headers(&incoming, Duration::from_millis(500));
+        assert_eq!(
+            out["x-mesh-deadline-ms"], "0",
+            "a passed deadline is sent as 0, not negative"
+        );
+        incoming.insert("x-mesh-deadline-ms", HeaderValue::from_static("soon"));
+        let out = forwarded_headers(&incoming, Duration::ZERO);
+        assert!(
+            out.get("x-mesh-deadline-ms").is_none(),
+            "garbage is not forwarded"
+        );
     }
 
     #[test]

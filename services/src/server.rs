@@ -246,7 +246,7 @@ async fn handle(
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let response = answer(&state, &method, &uri, &headers, body).await;
+    let response = answer(&state, &method, &uri, &headers, body, started).await;
     state
         .inner
         .metrics
@@ -260,6 +260,7 @@ async fn answer(
     uri: &Uri,
     headers: &HeaderMap,
     body: Body,
+    started: Instant,
 ) -> Response {
     let inner = &*state.inner;
     let body_bytes = match count_body(body).await {
@@ -287,7 +288,7 @@ async fn answer(
         Vec::new()
     } else {
         let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let forwarded = downstream::forwarded_headers(headers);
+        let forwarded = downstream::forwarded_headers(headers, started.elapsed());
         downstream::call_all(
             &inner.client,
             &behaviour.calls,

@@ -4,7 +4,9 @@
 //! - `/ready`: 200 once a routing table is loaded and the proxy listeners accept, else 503
 //!   saying which is missing;
 //! - `/config`: the active table, its version and source, and the last poll and its error;
-//! - `/endpoints`: per service, the balancer and the current endpoints;
+//! - `/endpoints`: per service, the balancer and the current endpoints with their load;
+//! - `/breakers`: per service, each endpoint's breaker state, consecutive failures, times
+//!   ejected and last transition; the concurrency in use and its limit; the retry budget;
 //! - `/`: this list.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,6 +38,7 @@ pub fn app(state: AdminState) -> Router {
         .route("/ready", get(ready))
         .route("/config", get(config))
         .route("/endpoints", get(endpoints))
+        .route("/breakers", get(breakers))
         .with_state(state)
 }
 
@@ -44,7 +47,8 @@ async fn index() -> &'static str {
      /live       200 while the process runs\n\
      /ready      200 once a routing table is loaded and the listeners accept\n\
      /config     the active routing table, its version and source, the last poll and its error\n\
-     /endpoints  per service: balancer, endpoints, last DNS resolution\n"
+     /endpoints  per service: balancer, endpoints (in flight, latency estimate), last DNS resolution\n\
+     /breakers   per service: each endpoint's breaker (closed, open, half-open), concurrency in use and its limit, retry budget\n"
 }
 
 async fn ready(State(s): State<AdminState>) -> Response {
@@ -105,6 +109,25 @@ async fn endpoints(State(s): State<AdminState>) -> Json<serde_json::Value> {
                     "source": r.policy.endpoints,
                     "endpoints": eps,
                     "discovery": r.balancer.discovery_status(),
+                }),
+            );
+        }
+    }
+    Json(json!({ "services": services }))
+}
+
+async fn breakers(State(s): State<AdminState>) -> Json<serde_json::Value> {
+    let now = std::time::Instant::now();
+    let mut services = serde_json::Map::new();
+    if let Some(routes) = s.mesh.routes() {
+        for r in routes.services() {
+            services.insert(
+                r.name.clone(),
+                json!({
+                    "endpoints": r.balancer.breakers.snapshot(now),
+                    "ejected": r.balancer.breakers.out(),
+                    "concurrency": r.limit.snapshot(),
+                    "retry_budget": r.budget.snapshot(now),
                 }),
             );
         }

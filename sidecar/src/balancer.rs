@@ -1,22 +1,31 @@
 //! Endpoints of one service and the choice of one per attempt.
 //!
-//! Discovery and selection come from `pingora-load-balancing`: [`MeshDiscovery`] turns the
-//! table's `endpoints` (a static list, or `dns:HOST:PORT` for a headless Kubernetes Service) into
-//! backends, and the selector of the table's `lb` picks one. A retry asks for an endpoint other
-//! than the ones already tried, through `select_with`.
+//! [`MeshDiscovery`] turns the table's `endpoints` (a static list, or `dns:HOST:PORT` for a
+//! headless Kubernetes Service) into addresses, through pingora-load-balancing's
+//! `ServiceDiscovery` trait. [`Balancer`] keeps the resulting [`EndpointSet`] (the selection
+//! algorithms of `select`) and the per-endpoint [`Breakers`]: an endpoint is a candidate for an
+//! attempt when this request has not tried it yet and its breaker has not ejected it. A new
+//! endpoint list keeps the state (in-flight counts, latency estimates, breakers) of the
+//! endpoints that stay.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::Mutex;
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
 
 use async_trait::async_trait;
 use mesh_table::{Endpoints, Lb};
 use pingora_error::{Error, ErrorType, Result};
 use pingora_load_balancing::discovery::ServiceDiscovery;
-use pingora_load_balancing::selection::{Random, RoundRobin};
-use pingora_load_balancing::{Backend, Backends, LoadBalancer};
+use pingora_load_balancing::Backend;
 use serde::Serialize;
+
+use crate::breaker::{Admission, BreakerConfig, Breakers};
+use crate::select::{Algorithm, Endpoint, EndpointSet};
 
 /// Resolves a service's endpoints; remembers the last resolution error for `/endpoints`.
 pub struct MeshDiscovery {
@@ -107,45 +116,62 @@ impl ServiceDiscovery for MeshDiscovery {
     }
 }
 
-enum Selector {
-    RoundRobin(LoadBalancer<RoundRobin>),
-    Random(LoadBalancer<Random>),
-}
-
-/// One service's endpoints and selector.
+/// One service's endpoints, breakers and selection.
 pub struct Balancer {
-    selector: Selector,
-    discovery: std::sync::Arc<MeshDiscovery>,
+    discovery: MeshDiscovery,
+    algorithm: Algorithm,
+    set: ArcSwap<EndpointSet>,
+    pub breakers: Breakers,
     dynamic: bool,
+    /// Serialises refreshes: discovery and the set rebuild must not interleave.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
-/// `Backends` owns its discovery as a box; this forwards to a shared one so the balancer can
-/// read the discovery status.
-struct Shared(std::sync::Arc<MeshDiscovery>);
+/// What a pick chose for one attempt.
+pub struct Chosen {
+    pub endpoint: Arc<Endpoint>,
+    /// This attempt is the half-open breaker's single probe.
+    pub probe: bool,
+}
 
-#[async_trait]
-impl ServiceDiscovery for Shared {
-    async fn discover(&self) -> Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
-        self.0.discover().await
+pub fn algorithm(lb: Lb) -> Algorithm {
+    match lb {
+        Lb::RoundRobin => Algorithm::RoundRobin,
+        Lb::Random => Algorithm::Random,
+        Lb::P2cLeastRequest => Algorithm::P2cLeastRequest,
+        Lb::P2cEwma => Algorithm::P2cEwma,
+        Lb::RingHash => Algorithm::RingHash,
     }
 }
 
 impl Balancer {
-    pub fn new(endpoints: Endpoints, lb: Lb) -> Self {
-        let dynamic = match &endpoints {
+    /// A balancer for `svc`; `previous` (the same service in the table being replaced) hands
+    /// over its endpoints' state.
+    pub fn new(svc: &mesh_table::Service, previous: Option<&Balancer>) -> Self {
+        let dynamic = match &svc.endpoints {
             Endpoints::Dns { .. } => true,
             Endpoints::Static(list) => list.iter().any(|a| a.parse::<SocketAddr>().is_err()),
         };
-        let discovery = std::sync::Arc::new(MeshDiscovery::new(endpoints));
-        let backends = Backends::new(Box::new(Shared(discovery.clone())));
-        let selector = match lb {
-            Lb::RoundRobin => Selector::RoundRobin(LoadBalancer::from_backends(backends)),
-            Lb::Random => Selector::Random(LoadBalancer::from_backends(backends)),
+        let algorithm = algorithm(svc.lb);
+        let kept = previous.map(|p| p.set.load_full());
+        let set = match &kept {
+            Some(prev) => EndpointSet::new(
+                prev.endpoints().iter().map(|e| e.addr),
+                algorithm,
+                Some(prev),
+            ),
+            None => EndpointSet::new(std::iter::empty(), algorithm, None),
         };
+        let breakers = Breakers::new(BreakerConfig::from(&svc.breaker));
+        let addrs: Vec<SocketAddr> = set.endpoints().iter().map(|e| e.addr).collect();
+        breakers.sync_endpoints(&addrs);
         Balancer {
-            selector,
-            discovery,
+            discovery: MeshDiscovery::new(svc.endpoints.clone()),
+            algorithm,
+            set: ArcSwap::from_pointee(set),
+            breakers,
             dynamic,
+            refreshing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -156,42 +182,85 @@ impl Balancer {
 
     /// Runs discovery; on error the previous endpoints stay.
     pub async fn refresh(&self) {
-        let res = match &self.selector {
-            Selector::RoundRobin(lb) => lb.update().await,
-            Selector::Random(lb) => lb.update().await,
-        };
-        if let Err(e) = res {
-            tracing::warn!(error = %e, "endpoint discovery failed; keeping the previous endpoints");
+        let _one = self.refreshing.lock().await;
+        match self.discovery.discover().await {
+            Ok((found, _)) => {
+                let addrs: Vec<SocketAddr> = found
+                    .iter()
+                    .filter_map(|b| b.addr.as_inet().copied())
+                    .collect();
+                let current = self.set.load();
+                let same =
+                    current.len() == addrs.len() && addrs.iter().all(|a| current.get(a).is_some());
+                if !same {
+                    let next =
+                        EndpointSet::new(addrs.iter().copied(), self.algorithm, Some(&current));
+                    self.breakers.sync_endpoints(&addrs);
+                    self.set.store(Arc::new(next));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "endpoint discovery failed; keeping the previous endpoints");
+            }
         }
     }
 
-    /// Picks an endpoint not in `avoid` when one exists, else any endpoint; `None` when the
-    /// service has no endpoints at all.
-    pub fn pick(&self, avoid: &[SocketAddr]) -> Option<SocketAddr> {
-        let fresh = |b: &Backend, healthy: bool| {
-            healthy && b.addr.as_inet().is_some_and(|a| !avoid.contains(a))
-        };
-        let any = |_: &Backend, healthy: bool| healthy;
-        let chosen = match &self.selector {
-            Selector::RoundRobin(lb) => lb
-                .select_with(b"", 64, fresh)
-                .or_else(|| lb.select_with(b"", 64, any)),
-            Selector::Random(lb) => lb
-                .select_with(b"", 64, fresh)
-                .or_else(|| lb.select_with(b"", 64, any)),
-        };
-        chosen.and_then(|b| b.addr.as_inet().copied())
+    /// Picks an endpoint for an attempt: one this request has not tried (`avoid`) and whose
+    /// breaker admits it, by the service's algorithm. When every endpoint was tried, one that
+    /// was tried may be picked again (a retry beats giving up). `None`: no endpoint at all, or
+    /// every one is ejected.
+    pub fn pick(
+        &self,
+        key: Option<&[u8]>,
+        avoid: &[SocketAddr],
+        now: Instant,
+        panic_threshold: u32,
+    ) -> Option<Chosen> {
+        let set = self.set.load();
+        let mut refused: [Option<SocketAddr>; 4] = [None; 4];
+        for round in 0..2 {
+            for slot in 0..refused.len() {
+                let fresh = |e: &Endpoint| {
+                    (round == 1 || !avoid.contains(&e.addr))
+                        && !refused.contains(&Some(e.addr))
+                        && !self.breakers.is_ejected(e.addr, now)
+                };
+                let Some(endpoint) =
+                    with_rng(|rng| set.pick(key, now, rng, fresh, panic_threshold))
+                else {
+                    break;
+                };
+                match self.breakers.admit(endpoint.addr, now) {
+                    Admission::Yes => {
+                        return Some(Chosen {
+                            endpoint,
+                            probe: false,
+                        })
+                    }
+                    Admission::Probe => {
+                        return Some(Chosen {
+                            endpoint,
+                            probe: true,
+                        })
+                    }
+                    // Half-open with its probe already out: try another endpoint.
+                    Admission::No => refused[slot] = Some(endpoint.addr),
+                }
+            }
+            if avoid.is_empty() {
+                break;
+            }
+        }
+        None
     }
 
     /// Every current endpoint.
     pub fn endpoints(&self) -> Vec<SocketAddr> {
-        let set = match &self.selector {
-            Selector::RoundRobin(lb) => lb.backends().get_backend(),
-            Selector::Random(lb) => lb.backends().get_backend(),
-        };
-        set.iter()
-            .filter_map(|b| b.addr.as_inet().copied())
-            .collect()
+        self.set.load().endpoints().iter().map(|e| e.addr).collect()
+    }
+
+    pub fn set(&self) -> Arc<EndpointSet> {
+        self.set.load_full()
     }
 
     pub fn discovery_status(&self) -> DiscoveryStatus {
@@ -203,22 +272,60 @@ impl Balancer {
     }
 }
 
+thread_local! {
+    /// A per-thread generator: picks take no lock. Seeded from the clock and the thread, since
+    /// endpoint choice needs spread, not secrecy; tests seed `select` directly.
+    static RNG: std::cell::RefCell<SmallRng> = std::cell::RefCell::new(SmallRng::seed_from_u64(seed()));
+}
+
+fn seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+pub fn with_rng<T>(f: impl FnOnce(&mut SmallRng) -> T) -> T {
+    RNG.with(|r| f(&mut r.borrow_mut()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn addrs(list: &[&str]) -> Endpoints {
-        Endpoints::Static(list.iter().map(|s| s.to_string()).collect())
+    fn svc(list: &[&str], lb: &str) -> mesh_table::Service {
+        let eps: Vec<String> = list.iter().map(|a| format!("\"{a}\"")).collect();
+        let t = mesh_table::Table::from_toml_str(&format!(
+            "version = 1\n[services.b]\nendpoints = [{}]\nlb = \"{lb}\"\n",
+            eps.join(",")
+        ))
+        .unwrap();
+        t.services["b"].clone()
     }
 
     #[tokio::test]
     async fn round_robin_visits_every_endpoint() {
         let b = Balancer::new(
-            addrs(&["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]),
-            Lb::RoundRobin,
+            &svc(
+                &["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"],
+                "round-robin",
+            ),
+            None,
         );
         b.refresh().await;
-        let mut seen: Vec<_> = (0..3).map(|_| b.pick(&[]).expect("an endpoint")).collect();
+        let now = Instant::now();
+        let mut seen: Vec<_> = (0..3)
+            .map(|_| {
+                b.pick(None, &[], now, 50)
+                    .expect("an endpoint")
+                    .endpoint
+                    .addr
+            })
+            .collect();
         seen.sort();
         seen.dedup();
         assert_eq!(
@@ -230,13 +337,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_retry_avoids_the_endpoint_that_failed() {
-        let b = Balancer::new(addrs(&["127.0.0.1:1", "127.0.0.1:2"]), Lb::Random);
+        let b = Balancer::new(&svc(&["127.0.0.1:1", "127.0.0.1:2"], "random"), None);
         b.refresh().await;
         let failed: SocketAddr = "127.0.0.1:1".parse().unwrap();
         for _ in 0..50 {
+            let got = b
+                .pick(None, &[failed], Instant::now(), 0)
+                .unwrap()
+                .endpoint
+                .addr;
             assert_ne!(
-                b.pick(&[failed]),
-                Some(failed),
+                got, failed,
                 "the failed endpoint is avoided while another exists"
             );
         }
@@ -244,28 +355,62 @@ mod tests {
 
     #[tokio::test]
     async fn with_every_endpoint_tried_any_is_picked() {
-        let b = Balancer::new(addrs(&["127.0.0.1:1"]), Lb::RoundRobin);
+        let b = Balancer::new(&svc(&["127.0.0.1:1"], "round-robin"), None);
         b.refresh().await;
         let only: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let got = b
+            .pick(None, &[only], Instant::now(), 0)
+            .map(|c| c.endpoint.addr);
         assert_eq!(
-            b.pick(&[only]),
+            got,
             Some(only),
             "a single endpoint is retried rather than giving up"
         );
     }
 
     #[tokio::test]
-    async fn no_endpoints_before_discovery_and_after_a_failed_lookup() {
-        let b = Balancer::new(
-            Endpoints::Dns {
-                host: "no-such-host.invalid".into(),
-                port: 80,
-            },
-            Lb::RoundRobin,
-        );
-        assert_eq!(b.pick(&[]), None, "nothing to pick before discovery");
+    async fn ejected_endpoints_are_skipped_and_probed_once_due() {
+        let b = Balancer::new(&svc(&["127.0.0.1:1", "127.0.0.1:2"], "round-robin"), None);
         b.refresh().await;
-        assert_eq!(b.pick(&[]), None, "an unresolvable name has no endpoints");
+        let bad: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            b.breakers.on_result(bad, t0, true, false);
+        }
+        assert!(b.breakers.is_ejected(bad, t0), "five failures eject it");
+        for _ in 0..10 {
+            assert_ne!(
+                b.pick(None, &[], t0, 0).unwrap().endpoint.addr,
+                bad,
+                "an ejected endpoint is not picked"
+            );
+        }
+        let later = t0 + std::time::Duration::from_secs(31);
+        let probes = (0..10)
+            .filter_map(|_| b.pick(None, &[], later, 0))
+            .filter(|c| c.endpoint.addr == bad && c.probe)
+            .count();
+        assert_eq!(
+            probes, 1,
+            "after the ejection exactly one request is the probe"
+        );
+    }
+
+    #[tokio::test]
+    async fn refresh_keeps_state_and_survives_a_failed_lookup() {
+        let b = Balancer::new(
+            &mesh_table::Table::from_toml_str(
+                "version = 1\n[services.b]\nendpoints = \"dns:no-such-host.invalid:80\"\n",
+            )
+            .unwrap()
+            .services["b"],
+            None,
+        );
+        b.refresh().await;
+        assert!(
+            b.pick(None, &[], Instant::now(), 0).is_none(),
+            "an unresolvable name has no endpoints"
+        );
         assert!(
             b.discovery_status().last_error.is_some(),
             "the lookup error is kept for /endpoints"

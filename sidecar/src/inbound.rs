@@ -14,6 +14,7 @@ use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::ResponseHeader;
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::outbound::caller_deadline;
 use crate::outbound::strip_response_hop_by_hop;
 use crate::reason::{self, Reason};
 use crate::routes::Mesh;
@@ -40,12 +41,40 @@ impl Inbound {
 
 #[async_trait]
 impl ProxyHttp for Inbound {
-    type CTX = ();
+    /// What is left of the caller's deadline, when it sent one.
+    type CTX = Option<Duration>;
 
-    fn new_ctx(&self) {}
+    fn new_ctx(&self) -> Option<Duration> {
+        None
+    }
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
-        let timeout = self.app_timeout();
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut Option<Duration>,
+    ) -> Result<bool> {
+        *ctx = caller_deadline(session.req_header());
+        if ctx.is_some_and(|d| d.is_zero()) {
+            // The caller has given up already: do no work for it.
+            let detail = format!(
+                "the caller's deadline passed before service {} was called",
+                self.mesh.service
+            );
+            let (h, body) = reason::response(Reason::DeadlineExceeded, "inbound", &detail, 0);
+            if let Err(e) = session.as_mut().write_error_response(h, body).await {
+                tracing::debug!(error = %e, "could not send the error response downstream");
+            }
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Option<Duration>,
+    ) -> Result<Box<HttpPeer>> {
+        let timeout = ctx.map_or(self.app_timeout(), |d| d.min(self.app_timeout()));
         let mut peer = HttpPeer::new(self.app, false, String::new());
         peer.options.connection_timeout = Some(APP_CONNECT);
         peer.options.read_timeout = Some(timeout);
@@ -58,13 +87,18 @@ impl ProxyHttp for Inbound {
         &self,
         _session: &mut Session,
         upstream_response: &mut ResponseHeader,
-        _ctx: &mut (),
+        _ctx: &mut Option<Duration>,
     ) -> Result<()> {
         strip_response_hop_by_hop(upstream_response);
         Ok(())
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut ()) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ctx: &mut Option<Duration>,
+    ) -> FailToProxy {
         if *e.esource() == ErrorSource::Downstream {
             let code = match e.etype() {
                 ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,

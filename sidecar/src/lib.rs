@@ -18,10 +18,14 @@
 
 pub mod admin;
 pub mod balancer;
+pub mod breaker;
 pub mod config;
 pub mod inbound;
+pub mod limits;
 pub mod outbound;
 pub mod ports;
 pub mod reason;
+pub mod retry;
 pub mod routes;
+pub mod select;
 pub mod source;

@@ -23,12 +23,17 @@ use pingora_core::protocols::http::authority::{raw_target_authority, RawTargetAu
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
-use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use pingora_proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
+use rand::Rng;
 
-use mesh_table::RetryOn;
-
+use crate::balancer::with_rng;
+use crate::limits::Permit;
 use crate::reason::{self, Reason};
+use crate::retry::{
+    backoff, decide, is_idempotent, parse_retry_after, retry_delay, Attempt, Outcome, Refusal,
+};
 use crate::routes::{Mesh, ServiceRoute};
+use crate::select::InFlightGuard;
 
 /// How long an idle upstream connection stays in the pool.
 const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
@@ -42,13 +47,50 @@ pub struct OutboundCtx {
     route: Option<Arc<ServiceRoute>>,
     deadline: Instant,
     attempts: u32,
-    /// The endpoint of the attempt in progress.
-    current: Option<SocketAddr>,
+    /// The attempt in progress, or the one that answered (kept so its endpoint counts as
+    /// loaded until the response is done).
+    current: Option<Attempting>,
     /// Endpoints that failed this request. Allocated only when an attempt fails.
     failed: Vec<SocketAddr>,
     /// Why the sidecar is answering itself, when it is.
     reason: Option<Reason>,
     detail: Option<String>,
+    /// The service's concurrency slot, released when the request ends.
+    _permit: Option<Permit>,
+    /// Whether the request body can be replayed on another endpoint.
+    body_replayable: bool,
+    /// The try timeout of the attempt in progress is the request deadline itself.
+    try_is_deadline: bool,
+    /// The endpoint's `Retry-After`, for the delay before the next try.
+    retry_after: Option<Duration>,
+    /// Why the last failed attempt was not retried.
+    refusal: Option<Refusal>,
+}
+
+struct Attempting {
+    guard: InFlightGuard,
+    started: Instant,
+    probe: bool,
+    /// The breaker has heard how this attempt went.
+    reported: bool,
+}
+
+/// The error type `upstream_response_filter` raises to have Pingora retry a retriable status;
+/// the retry decision is already taken when it is raised.
+const RETRY_STATUS: &str = "mesh-retriable-status";
+
+/// The remaining time of the caller's deadline, in milliseconds, sent to the next hop.
+pub const DEADLINE_HEADER: &str = "x-mesh-deadline-ms";
+
+/// Parses `x-mesh-deadline-ms`.
+pub fn caller_deadline(req: &RequestHeader) -> Option<Duration> {
+    let v = req.headers.get(DEADLINE_HEADER)?;
+    std::str::from_utf8(v.as_bytes())
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_millis)
 }
 
 /// The host part of the request's authority: the absolute-form target's, else the Host header's.
@@ -128,6 +170,58 @@ impl Outbound {
     }
 }
 
+impl OutboundCtx {
+    fn route(&self) -> &Arc<ServiceRoute> {
+        self.route.as_ref().expect("request_filter sets the route")
+    }
+
+    /// Ends the attempt in progress as a failure: the breaker hears it, the endpoint is
+    /// avoided by the next try.
+    fn fail_attempt(&mut self, now: Instant, count_for_breaker: bool) {
+        if let Some(a) = self.current.take() {
+            let addr = a.guard.endpoint().addr;
+            if !a.reported {
+                let route = self.route.as_ref().expect("route set");
+                if count_for_breaker {
+                    route.balancer.breakers.on_result(addr, now, true, a.probe);
+                } else if a.probe {
+                    route.balancer.breakers.on_probe_cancelled(addr, now);
+                }
+            }
+            self.failed.push(addr);
+        }
+    }
+
+    /// Asks the retry policy whether a failed attempt may be retried.
+    fn may_retry(
+        &mut self,
+        session: &Session,
+        outcome: Outcome,
+        reached_app: bool,
+        now: Instant,
+    ) -> bool {
+        let route = self.route.clone().expect("route set");
+        let attempt = Attempt {
+            attempts_made: self.attempts,
+            max_attempts: route.policy.retries.attempts,
+            outcome,
+            idempotent: is_idempotent(session.req_header().method.as_str()),
+            request_reached_app: reached_app,
+            body_replayable: !reached_app
+                || (self.body_replayable && !session.as_ref().retry_buffer_truncated()),
+            time_left: self.deadline.saturating_duration_since(now),
+            retries: &route.policy.retries,
+        };
+        match decide(&attempt, &route.budget, now) {
+            Ok(()) => true,
+            Err(r) => {
+                self.refusal = Some(r);
+                false
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for Outbound {
     type CTX = OutboundCtx;
@@ -141,6 +235,11 @@ impl ProxyHttp for Outbound {
             failed: Vec::new(),
             reason: None,
             detail: None,
+            _permit: None,
+            body_replayable: true,
+            try_is_deadline: false,
+            retry_after: None,
+            refusal: None,
         }
     }
 
@@ -165,43 +264,112 @@ impl ProxyHttp for Outbound {
                 .await;
             return Ok(true);
         };
+        let route = route.clone();
         let policy = &route.policy;
-        ctx.deadline = Instant::now() + policy.timeouts.request();
-        if policy.retries.attempts > 1 {
-            // Keeps the request body (up to Pingora's bounded buffer) so a retry can resend it.
-            session.as_mut().enable_retry_buffering();
+        let now = Instant::now();
+        // The whole request, every try and backoff included, fits in the route's timeout and
+        // in what is left of the caller's own deadline.
+        let mut budget = policy.timeouts.request();
+        if let Some(left) = caller_deadline(session.req_header()) {
+            if left.is_zero() {
+                let detail = format!(
+                    "the caller's deadline for service {} has already passed",
+                    route.name
+                );
+                self.answer(session, Reason::DeadlineExceeded, &detail, 0)
+                    .await;
+                return Ok(true);
+            }
+            budget = budget.min(left);
         }
-        ctx.route = Some(route.clone());
+        ctx.deadline = now + budget;
+        match route.limit.acquire(budget).await {
+            Ok(permit) => ctx._permit = Some(permit),
+            Err(overflow) => {
+                self.answer(session, Reason::Overflow, &overflow.to_string(), 0)
+                    .await;
+                return Ok(true);
+            }
+        }
+        // A streamed (chunked) body, or one over the limit, cannot be replayed.
+        let req = session.req_header();
+        let chunked = req.headers.contains_key(header::TRANSFER_ENCODING);
+        let too_big = req
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok()?.parse::<u64>().ok())
+            .is_some_and(|len| len > policy.retries.max_body_bytes);
+        ctx.body_replayable = !chunked && !too_big;
+        route.budget.on_request(now);
+        ctx.route = Some(route);
         Ok(false)
     }
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut OutboundCtx,
     ) -> Result<Box<HttpPeer>> {
-        let route = ctx.route.as_ref().expect("request_filter sets the route");
+        let route = ctx.route().clone();
+        let policy = &route.policy;
         ctx.attempts += 1;
+        if ctx.attempts > 1 {
+            // Back off before a retry: exponential with full jitter, or the endpoint's
+            // Retry-After, never past the deadline.
+            let [base, cap] = policy.retries.backoff_ms;
+            let jitter = with_rng(|r| r.random::<f64>());
+            let cap = Duration::from_millis(cap);
+            let jittered = backoff(ctx.attempts - 1, Duration::from_millis(base), cap, jitter);
+            // A Retry-After past the cap was refused before the retry was granted.
+            let delay = retry_delay(ctx.retry_after.take(), jittered, cap).unwrap_or(cap);
+            let left = ctx.deadline.saturating_duration_since(Instant::now());
+            tokio::time::sleep(delay.min(left)).await;
+        }
         let now = Instant::now();
-        let Some(remaining) = ctx
-            .deadline
-            .checked_duration_since(now)
-            .filter(|d| !d.is_zero())
-        else {
+        let remaining = ctx.deadline.saturating_duration_since(now);
+        if remaining.is_zero() {
             ctx.reason = Some(Reason::RequestTimeout);
             return Err(Error::explain(
                 ErrorType::HTTPStatus(504),
                 "request timeout before an attempt",
             ));
-        };
-        let Some(addr) = route.balancer.pick(&ctx.failed) else {
-            ctx.reason = Some(Reason::NoHealthyEndpoint);
-            ctx.detail = Some(format!("service {} has no endpoints", route.name));
+        }
+        let key = policy
+            .hash_header
+            .as_deref()
+            .and_then(|h| session.req_header().headers.get(h))
+            .map(|v| v.as_bytes());
+        let Some(chosen) =
+            route
+                .balancer
+                .pick(key, &ctx.failed, now, policy.panic_threshold_percent)
+        else {
+            let any = !route.balancer.set().is_empty();
+            ctx.reason = Some(if any {
+                Reason::BreakerOpen
+            } else {
+                Reason::NoHealthyEndpoint
+            });
+            ctx.detail = Some(if any {
+                format!(
+                    "every endpoint of service {} is ejected by its breaker",
+                    route.name
+                )
+            } else {
+                format!("service {} has no endpoints", route.name)
+            });
             return Err(Error::explain(ErrorType::HTTPStatus(503), "no endpoint"));
         };
-        ctx.current = Some(addr);
-        let t = &route.policy.timeouts;
+        let addr = chosen.endpoint.addr;
+        ctx.current = Some(Attempting {
+            guard: chosen.endpoint.start(),
+            started: now,
+            probe: chosen.probe,
+            reported: false,
+        });
+        let t = &policy.timeouts;
         let try_timeout = t.per_try().map_or(remaining, |p| p.min(remaining));
+        ctx.try_is_deadline = try_timeout == remaining;
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(t.connect().min(remaining));
         peer.options.read_timeout = Some(try_timeout);
@@ -212,19 +380,16 @@ impl ProxyHttp for Outbound {
 
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut OutboundCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(a) = ctx.current.take() {
-            ctx.failed.push(a);
-        }
+        let now = Instant::now();
+        ctx.fail_attempt(now, true);
         ctx.reason = Some(Reason::ConnectFailure);
-        let retries = &ctx.route.as_ref().expect("route set").policy.retries;
-        let retry = retries.retries_on(RetryOn::ConnectFailure)
-            && ctx.attempts < retries.attempts
-            && Instant::now() < ctx.deadline;
+        // Nothing was sent: any method may be retried.
+        let retry = ctx.may_retry(session, Outcome::ConnectFailure, false, now);
         e.set_retry(retry);
         e
     }
@@ -237,24 +402,44 @@ impl ProxyHttp for Outbound {
         ctx: &mut OutboundCtx,
         client_reused: bool,
     ) -> Box<Error> {
-        let mut e = e.more_context(format!("endpoint {peer}"));
-        if let Some(a) = ctx.current.take() {
-            ctx.failed.push(a);
+        if matches!(e.etype(), ErrorType::Custom(RETRY_STATUS)) {
+            let mut e = e;
+            e.set_retry(true);
+            return e;
         }
-        let reason = match e.etype() {
-            ErrorType::ReadTimedout | ErrorType::WriteTimedout => Reason::PerTryTimeout,
-            _ => Reason::UpstreamReset,
+        let mut e = e.more_context(format!("endpoint {peer}"));
+        let now = Instant::now();
+        let timed_out = matches!(
+            e.etype(),
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout
+        );
+        let reason = match (timed_out, ctx.try_is_deadline) {
+            (true, true) => Reason::RequestTimeout,
+            (true, false) => Reason::PerTryTimeout,
+            (false, _) => Reason::UpstreamReset,
         };
         ctx.reason = Some(reason);
-        let retries = &ctx.route.as_ref().expect("route set").policy.retries;
-        let replayable = session.req_header().method.is_idempotent()
-            && !session.as_ref().retry_buffer_truncated();
-        let allowed = ctx.attempts < retries.attempts && Instant::now() < ctx.deadline;
-        // A pooled connection the endpoint had already closed is not the endpoint's failure:
-        // retry it like Pingora does; a reset of a fresh connection only when the table says so.
-        let wanted = client_reused
-            || (reason == Reason::UpstreamReset && retries.retries_on(RetryOn::Reset));
-        e.set_retry(replayable && allowed && wanted);
+        // A pooled connection the endpoint had already closed is not the endpoint's failure.
+        ctx.fail_attempt(now, !client_reused);
+        if session.as_ref().response_written().is_some() {
+            // Part of the response went downstream: nothing can be retried.
+            e.set_retry(false);
+            return e;
+        }
+        let outcome = if timed_out {
+            Outcome::Timeout
+        } else {
+            Outcome::Reset
+        };
+        let retry = if client_reused {
+            session.req_header().method.is_idempotent()
+                && !session.as_ref().retry_buffer_truncated()
+                && ctx.attempts < ctx.route().policy.retries.attempts
+                && now < ctx.deadline
+        } else {
+            ctx.may_retry(session, outcome, true, now)
+        };
+        e.set_retry(retry);
         e
     }
 
@@ -262,7 +447,7 @@ impl ProxyHttp for Outbound {
         &self,
         _session: &mut Session,
         upstream_request: &mut RequestHeader,
-        _ctx: &mut OutboundCtx,
+        ctx: &mut OutboundCtx,
     ) -> Result<()> {
         let absolute = match raw_target_authority(upstream_request.raw_path()) {
             RawTargetAuthority::Absolute { authority, .. } => {
@@ -275,21 +460,97 @@ impl ProxyHttp for Outbound {
         if let Some(authority) = absolute {
             // An HTTP proxy client sent `GET http://b/x`: the authority is the Host (RFC 9112
             // 3.2.2) and the endpoint gets the origin form `GET /x`, which the Uri already holds.
-            upstream_request.insert_header(http::header::HOST, authority)?;
+            upstream_request.insert_header(header::HOST, authority)?;
             let origin_form = upstream_request.uri.clone();
             upstream_request.set_uri(origin_form);
         }
+        // The next hop learns how long this caller will wait (one small header value per try).
+        let left = ctx.deadline.saturating_duration_since(Instant::now());
+        upstream_request.insert_header(DEADLINE_HEADER, left.as_millis().to_string())?;
         Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut OutboundCtx,
+    ) -> Result<()> {
+        let now = Instant::now();
+        let status = upstream_response.status.as_u16();
+        let failure = status >= 500;
+        let route = ctx.route().clone();
+        if let Some(a) = ctx.current.as_mut() {
+            let ep = a.guard.endpoint();
+            if !a.reported {
+                route
+                    .balancer
+                    .breakers
+                    .on_result(ep.addr, now, failure, a.probe);
+                a.reported = true;
+            }
+            ep.observe_latency(now.saturating_duration_since(a.started), now);
+        }
+        if !failure || !route.policy.retries.retries_status(status) {
+            return Ok(());
+        }
+        // A retriable status: retry now, while nothing has gone downstream, or pass the
+        // response on as it is.
+        let retry_after = upstream_response
+            .headers
+            .get(header::RETRY_AFTER)
+            .and_then(|v| parse_retry_after(v.as_bytes(), std::time::SystemTime::now()));
+        let cap = Duration::from_millis(route.policy.retries.backoff_ms[1]);
+        if retry_after.is_some_and(|d| d > cap) {
+            ctx.refusal = Some(Refusal::NotRetriable);
+            return Ok(());
+        }
+        if !ctx.may_retry(session, Outcome::Status(status), true, now) {
+            return Ok(());
+        }
+        ctx.retry_after = retry_after;
+        ctx.fail_attempt(now, false);
+        Err(Error::explain(
+            ErrorType::Custom(RETRY_STATUS),
+            "retriable status from the endpoint",
+        ))
     }
 
     async fn response_filter(
         &self,
         _session: &mut Session,
         upstream_response: &mut ResponseHeader,
-        _ctx: &mut OutboundCtx,
+        ctx: &mut OutboundCtx,
     ) -> Result<()> {
         strip_response_hop_by_hop(upstream_response);
+        if ctx.attempts > 1 {
+            upstream_response.insert_header("x-mesh-attempts", ctx.attempts.to_string())?;
+        }
         Ok(())
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &OutboundCtx,
+        error: &Error,
+        _context: ProxyWarnLogContext,
+    ) -> bool {
+        // A retried status is policy at work, not a fault: no log line on the hot path.
+        matches!(error.etype(), ErrorType::Custom(RETRY_STATUS))
+    }
+
+    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut OutboundCtx) {
+        // A probe whose outcome never arrived must not wedge its endpoint's breaker.
+        if let Some(a) = ctx.current.take() {
+            if a.probe && !a.reported {
+                let route = ctx.route();
+                route
+                    .balancer
+                    .breakers
+                    .on_probe_cancelled(a.guard.endpoint().addr, Instant::now());
+            }
+        }
     }
 
     async fn fail_to_proxy(
@@ -320,13 +581,18 @@ impl ProxyHttp for Outbound {
             _ => Reason::UpstreamReset,
         });
         let service = ctx.route.as_ref().map_or("?", |r| r.name.as_str());
+        let refused = ctx
+            .refusal
+            .map(|r| format!("; not retried: {}", r.as_str()))
+            .unwrap_or_default();
         let detail = match ctx.detail.take() {
             Some(d) => d,
             None => format!(
-                "service {service}: {} after {} attempt(s): {e}",
+                "service {service}: {} after {} attempt(s){refused}: {e}",
                 match reason {
                     Reason::ConnectFailure => "no endpoint accepted a connection",
-                    Reason::PerTryTimeout => "the endpoint did not answer in time",
+                    Reason::PerTryTimeout =>
+                        "the endpoint did not answer within the per-try timeout",
                     Reason::RequestTimeout => "the request timeout passed",
                     _ => "the endpoint closed the connection",
                 },

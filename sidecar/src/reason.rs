@@ -17,6 +17,9 @@ pub enum Reason {
     RequestTimeout,
     UpstreamReset,
     BadRequest,
+    DeadlineExceeded,
+    Overflow,
+    BreakerOpen,
 }
 
 impl Reason {
@@ -31,6 +34,9 @@ impl Reason {
             Reason::RequestTimeout => "request-timeout",
             Reason::UpstreamReset => "upstream-reset",
             Reason::BadRequest => "bad-request",
+            Reason::DeadlineExceeded => "deadline-exceeded",
+            Reason::Overflow => "overflow",
+            Reason::BreakerOpen => "breaker-open",
         }
     }
 
@@ -39,7 +45,11 @@ impl Reason {
         match self {
             Reason::UnknownService => 404,
             Reason::BadRequest => 400,
-            Reason::NoTable | Reason::NoHealthyEndpoint => 503,
+            Reason::NoTable
+            | Reason::NoHealthyEndpoint
+            | Reason::Overflow
+            | Reason::BreakerOpen => 503,
+            Reason::DeadlineExceeded => 504,
             Reason::ConnectFailure | Reason::UpstreamReset => 502,
             Reason::PerTryTimeout | Reason::RequestTimeout => 504,
         }
@@ -54,6 +64,9 @@ impl Reason {
             Reason::PerTryTimeout | Reason::RequestTimeout => "http_response_timeout",
             Reason::UpstreamReset => "http_response_incomplete",
             Reason::BadRequest => "http_request_error",
+            Reason::DeadlineExceeded => "http_response_timeout",
+            Reason::Overflow => "connection_limit_reached",
+            Reason::BreakerOpen => "destination_unavailable",
         }
     }
 }

@@ -6,19 +6,23 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use mesh_table::Table;
 use serde::Serialize;
 
 use crate::balancer::Balancer;
+use crate::limits::ConcurrencyLimit;
+use crate::retry::RetryBudget;
 
-/// One service's policy and endpoints.
+/// One service's policy and the state that enforces it.
 pub struct ServiceRoute {
     pub name: String,
     pub policy: mesh_table::Service,
     pub balancer: Balancer,
+    pub limit: ConcurrencyLimit,
+    pub budget: RetryBudget,
 }
 
 /// A compiled routing table.
@@ -28,18 +32,32 @@ pub struct Routes {
 }
 
 impl Routes {
-    /// Builds balancers for every service and runs their first discovery.
-    pub async fn build(table: Table) -> Routes {
+    /// Builds the state of every service and runs its first discovery. A service whose policy
+    /// is unchanged from `previous` keeps its whole state (breakers, budget, limits, endpoint
+    /// load); a changed one keeps the load and latency estimates of the endpoints that stay.
+    pub async fn build(table: Table, previous: Option<&Routes>) -> Routes {
         let mut services = HashMap::with_capacity(table.services.len());
         for (name, svc) in &table.services {
-            let balancer = Balancer::new(svc.endpoints.clone(), svc.lb);
+            let prev = previous.and_then(|p| p.services.get(name));
+            if let Some(prev) = prev.filter(|p| p.policy == *svc) {
+                services.insert(name.clone(), prev.clone());
+                continue;
+            }
+            let balancer = Balancer::new(svc, prev.map(|p| &p.balancer));
             balancer.refresh().await;
+            let b = &svc.retries.budget;
             services.insert(
                 name.clone(),
                 Arc::new(ServiceRoute {
                     name: name.clone(),
                     policy: svc.clone(),
                     balancer,
+                    limit: ConcurrencyLimit::from_table(name.as_str(), &svc.breaker),
+                    budget: RetryBudget::new(
+                        b.ratio,
+                        b.min_per_s,
+                        Duration::from_millis(b.window_ms),
+                    ),
                 }),
             );
         }
@@ -156,7 +174,7 @@ endpoints = ["127.0.0.1:9002"]
 
     #[tokio::test]
     async fn lookup_by_name_and_cluster_dns_name() {
-        let r = Routes::build(Table::from_toml_str(TABLE).unwrap()).await;
+        let r = Routes::build(Table::from_toml_str(TABLE).unwrap(), None).await;
         assert!(r.lookup("b").is_some(), "exact service name");
         assert!(r.lookup("c-api").is_some(), "names with dashes");
         assert!(
@@ -179,10 +197,10 @@ endpoints = ["127.0.0.1:9002"]
     async fn install_swaps_whole_tables_and_old_readers_keep_theirs() {
         let mesh = Mesh::new("a".into(), "dev".into(), "test".into());
         assert!(mesh.routes().is_none(), "no routes before the first table");
-        mesh.install(Routes::build(Table::from_toml_str(TABLE).unwrap()).await);
+        mesh.install(Routes::build(Table::from_toml_str(TABLE).unwrap(), None).await);
         let held = mesh.routes().expect("routes after install");
         let next = TABLE.replace("version = 3", "version = 4");
-        mesh.install(Routes::build(Table::from_toml_str(&next).unwrap()).await);
+        mesh.install(Routes::build(Table::from_toml_str(&next).unwrap(), Some(&held)).await);
         assert_eq!(
             held.table.version, 3,
             "an in-flight request keeps its table"

@@ -146,7 +146,8 @@ impl TableSource {
                     Ok(table) => {
                         st.rejected = false;
                         let version = table.version;
-                        let routes = Routes::build(table).await;
+                        let previous = self.mesh.routes();
+                        let routes = Routes::build(table, previous.as_deref()).await;
                         self.mesh.install(routes);
                         tracing::info!(version, source = %self.origin.describe(), "routing table installed");
                         let etag = st.etag.clone();

@@ -1,0 +1,1227 @@
+//! Choosing one endpoint of a service per attempt: the endpoint set, its load statistics and the
+//! balancing algorithms `pingora-load-balancing` lacks.
+//!
+//! This module is pure policy: it knows nothing of sockets, HTTP or the clock. The caller passes
+//! the time (`now: Instant`), a random number generator (a fast per-thread one in production, a
+//! seeded one in tests) and a filter saying which endpoints this attempt may use (not already
+//! tried by the request, not ejected by the breaker, not unhealthy).
+//!
+//! - [`Endpoint`]: one address with its in-flight count (kept by [`InFlightGuard`]) and its
+//!   peak-EWMA latency estimate, shared as `Arc<Endpoint>` so both survive a set rebuild.
+//! - [`EndpointSet`]: the endpoints of one service under one [`Algorithm`]. Rebuilding it from a
+//!   new address list keeps the `Arc` of every endpoint that stays.
+//! - [`EndpointSet::pick`]: round-robin, random, power-of-two-choices on in-flight requests or on
+//!   peak-EWMA load, or Ketama ring hash; with Envoy's panic threshold.
+//!
+//! The pick path allocates nothing and every loop in it is bounded by the set's size: candidates
+//! are sampled by index and re-drawn (or counted and ranked) instead of being collected.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use pingora_ketama::{Bucket, Continuum, DEFAULT_POINT_MULTIPLE};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+/// Random draws tried before falling back to counting the candidates. With half the endpoints
+/// usable, eight draws all miss with probability 1/256; the fallback keeps the choice uniform.
+const MAX_DRAWS: usize = 8;
+
+/// How the next endpoint is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    /// The next endpoint in address order, skipping the ones the attempt may not use.
+    RoundRobin,
+    /// Uniform among the usable endpoints.
+    Random,
+    /// Two distinct random usable endpoints; the one with fewer requests in flight wins.
+    P2cLeastRequest,
+    /// Two distinct random usable endpoints; the one with the lower peak-EWMA load wins
+    /// (latency estimate × (in flight + 1)), as Linkerd balances.
+    P2cEwma,
+    /// Ketama consistent hashing of the request key (a random point without one); unusable
+    /// endpoints are passed over by walking the ring.
+    RingHash,
+}
+
+/// Parameters of the peak-EWMA latency estimate (Linkerd's defaults).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EwmaConfig {
+    /// The estimate of an endpoint with no sample yet. Neither 0 (a new endpoint would take all
+    /// the traffic) nor huge (it would take none).
+    pub initial: Duration,
+    /// The time constant of the decay: after `decay` without a sample the estimate has fallen to
+    /// 1/e of its value, and a new sample weighs `1 - exp(-elapsed / decay)`.
+    pub decay: Duration,
+}
+
+impl Default for EwmaConfig {
+    fn default() -> Self {
+        EwmaConfig {
+            initial: Duration::from_millis(30),
+            decay: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The peak-EWMA state of one endpoint (Finagle's `PeakEwma`, as tower and Linkerd use it).
+///
+/// Both fields `cost_ns` and `stamp` change together on every sample, so they sit behind one
+/// `Mutex` rather than in two atomics, where a reader could pair a new cost with an old stamp and
+/// decay a fresh peak by a long-gone interval. An uncontended `std` mutex is one atomic swap to
+/// lock and one to unlock, and the critical section is a handful of float operations that cannot
+/// panic; tower's `PeakEwma` makes the same choice.
+#[derive(Debug)]
+struct PeakEwma {
+    /// The estimate at `stamp`, in nanoseconds.
+    cost_ns: f64,
+    /// When `cost_ns` was last set; `None` until the endpoint is first weighed or sampled, so
+    /// the initial estimate starts decaying then (no clock is read at construction).
+    stamp: Option<Instant>,
+    sampled: bool,
+    initial_ns: f64,
+    decay_ns: f64,
+}
+
+impl PeakEwma {
+    fn new(config: &EwmaConfig) -> Self {
+        PeakEwma {
+            cost_ns: nanos(config.initial),
+            stamp: None,
+            sampled: false,
+            initial_ns: nanos(config.initial),
+            decay_ns: decay_ns(config.decay),
+        }
+    }
+
+    /// The weight the past keeps at `now`: `exp(-elapsed / decay)`.
+    fn weight(&self, now: Instant) -> f64 {
+        match self.stamp {
+            None => 1.0,
+            Some(stamp) => (-nanos(now.saturating_duration_since(stamp)) / self.decay_ns).exp(),
+        }
+    }
+
+    /// The estimate at `now`: the last value decayed toward zero by the time since, so an
+    /// endpoint that stopped getting traffic after a slow spell is tried again eventually.
+    ///
+    /// Unlike tower, the decayed value is not written back: how often an endpoint is weighed
+    /// does not change how much its next sample counts.
+    fn estimate(&mut self, now: Instant) -> f64 {
+        if self.stamp.is_none() {
+            self.stamp = Some(now);
+        }
+        self.cost_ns * self.weight(now)
+    }
+
+    /// A sample above the current estimate replaces it at once (peak sensitivity); a lower one
+    /// pulls it down by the weight the time since the last update earns it.
+    fn observe(&mut self, rtt_ns: f64, now: Instant) {
+        let w = self.weight(now);
+        let current = self.cost_ns * w;
+        self.cost_ns = if rtt_ns > current {
+            rtt_ns
+        } else {
+            current + rtt_ns * (1.0 - w)
+        };
+        self.stamp = Some(now);
+        self.sampled = true;
+    }
+
+    fn reconfigure(&mut self, config: &EwmaConfig) {
+        self.initial_ns = nanos(config.initial);
+        self.decay_ns = decay_ns(config.decay);
+        if !self.sampled {
+            self.cost_ns = self.initial_ns;
+        }
+    }
+}
+
+fn nanos(d: Duration) -> f64 {
+    d.as_nanos() as f64
+}
+
+/// A zero decay would divide by zero; one nanosecond means "no memory" just as well.
+fn decay_ns(d: Duration) -> f64 {
+    nanos(d).max(1.0)
+}
+
+/// One endpoint of a service and its load.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    in_flight: AtomicU32,
+    ewma: Mutex<PeakEwma>,
+}
+
+impl Endpoint {
+    /// An endpoint with the default [`EwmaConfig`].
+    pub fn new(addr: SocketAddr) -> Self {
+        Self::with_ewma_config(addr, &EwmaConfig::default())
+    }
+
+    pub fn with_ewma_config(addr: SocketAddr, config: &EwmaConfig) -> Self {
+        Endpoint {
+            addr,
+            in_flight: AtomicU32::new(0),
+            ewma: Mutex::new(PeakEwma::new(config)),
+        }
+    }
+
+    /// Counts a request in flight until the returned guard is dropped. Keep the guard in the
+    /// request's context for the whole attempt.
+    #[must_use = "the request counts as in flight only while the guard lives"]
+    pub fn start(self: &Arc<Self>) -> InFlightGuard {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlightGuard {
+            endpoint: Arc::clone(self),
+        }
+    }
+
+    /// Requests currently in flight to this endpoint.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Feeds one observed round-trip time (request sent to response head) into the estimate.
+    pub fn observe_latency(&self, rtt: Duration, now: Instant) {
+        self.lock_ewma().observe(nanos(rtt), now);
+    }
+
+    /// The peak-EWMA latency estimate at `now`.
+    pub fn ewma(&self, now: Instant) -> Duration {
+        Duration::from_nanos(self.lock_ewma().estimate(now) as u64)
+    }
+
+    /// The P2C-EWMA load at `now`: estimate (ns) × (in flight + 1).
+    pub fn load(&self, now: Instant) -> f64 {
+        let estimate = self.lock_ewma().estimate(now);
+        estimate * (f64::from(self.in_flight()) + 1.0)
+    }
+
+    /// What the admin port shows of this endpoint.
+    pub fn snapshot(&self, now: Instant) -> EndpointSnapshot {
+        EndpointSnapshot {
+            addr: self.addr,
+            in_flight: self.in_flight(),
+            ewma_ms: self.lock_ewma().estimate(now) / 1e6,
+        }
+    }
+
+    /// The critical section cannot panic, so a poisoned lock still holds a consistent state.
+    fn lock_ewma(&self) -> MutexGuard<'_, PeakEwma> {
+        self.ewma.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One request in flight to an endpoint; dropping it ends the count.
+#[derive(Debug)]
+pub struct InFlightGuard {
+    endpoint: Arc<Endpoint>,
+}
+
+impl InFlightGuard {
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.endpoint
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One endpoint as the admin port reports it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EndpointSnapshot {
+    pub addr: SocketAddr,
+    pub in_flight: u32,
+    pub ewma_ms: f64,
+}
+
+/// The endpoints of one service and the algorithm that picks among them.
+pub struct EndpointSet {
+    /// Sorted by address, without duplicates (the ring maps its points back by binary search).
+    endpoints: Vec<Arc<Endpoint>>,
+    algorithm: Algorithm,
+    ewma: EwmaConfig,
+    rr: AtomicUsize,
+    /// The Ketama continuum over the addresses, for [`Algorithm::RingHash`] only.
+    ring: Option<Continuum>,
+}
+
+impl fmt::Debug for EndpointSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EndpointSet")
+            .field("algorithm", &self.algorithm)
+            .field(
+                "endpoints",
+                &self.endpoints.iter().map(|e| e.addr).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl EndpointSet {
+    /// Builds the set with the default [`EwmaConfig`]; see [`EndpointSet::with_ewma_config`].
+    pub fn new(
+        addrs: impl IntoIterator<Item = SocketAddr>,
+        algorithm: Algorithm,
+        previous: Option<&EndpointSet>,
+    ) -> Self {
+        Self::with_ewma_config(addrs, algorithm, EwmaConfig::default(), previous)
+    }
+
+    /// Builds the set over `addrs` (duplicates collapse). An address also in `previous` keeps its
+    /// `Arc<Endpoint>`, so its in-flight count and latency estimate carry over (its EWMA
+    /// parameters are updated to `ewma`); the round-robin position carries over too. The ring is
+    /// rebuilt from the new addresses: removing one of N endpoints moves only the keys it held,
+    /// about 1/N of them.
+    ///
+    /// The ring stores endpoint indices as `u16`: a set holds at most 65 536 endpoints.
+    pub fn with_ewma_config(
+        addrs: impl IntoIterator<Item = SocketAddr>,
+        algorithm: Algorithm,
+        ewma: EwmaConfig,
+        previous: Option<&EndpointSet>,
+    ) -> Self {
+        let mut addrs: Vec<SocketAddr> = addrs.into_iter().collect();
+        addrs.sort_unstable();
+        addrs.dedup();
+        let endpoints: Vec<Arc<Endpoint>> = addrs
+            .iter()
+            .map(|addr| match previous.and_then(|p| p.get(addr)) {
+                Some(kept) => {
+                    if previous.is_some_and(|p| p.ewma != ewma) {
+                        kept.lock_ewma().reconfigure(&ewma);
+                    }
+                    Arc::clone(kept)
+                }
+                None => Arc::new(Endpoint::with_ewma_config(*addr, &ewma)),
+            })
+            .collect();
+        let ring = (algorithm == Algorithm::RingHash).then(|| {
+            let buckets: Vec<Bucket> = addrs.iter().map(|a| Bucket::new(*a, 1)).collect();
+            Continuum::new(&buckets)
+        });
+        let rr = previous.map_or(0, |p| p.rr.load(Ordering::Relaxed));
+        EndpointSet {
+            endpoints,
+            algorithm,
+            ewma,
+            rr: AtomicUsize::new(rr),
+            ring,
+        }
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// Every endpoint, in address order.
+    pub fn endpoints(&self) -> &[Arc<Endpoint>] {
+        &self.endpoints
+    }
+
+    pub fn len(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.is_empty()
+    }
+
+    /// The endpoint at `addr`, if it is in the set.
+    pub fn get(&self, addr: &SocketAddr) -> Option<&Arc<Endpoint>> {
+        self.index_of(addr).map(|i| &self.endpoints[i])
+    }
+
+    /// Every endpoint as the admin port reports it (allocates: not for the request path).
+    pub fn snapshot(&self, now: Instant) -> Vec<EndpointSnapshot> {
+        self.endpoints.iter().map(|e| e.snapshot(now)).collect()
+    }
+
+    /// Picks the endpoint for one attempt, or `None` when there is none to pick.
+    ///
+    /// `usable` is the caller's filter (not yet tried by this request, not ejected, healthy).
+    /// `key` matters to [`Algorithm::RingHash`] only (without one it picks a random point);
+    /// `now` to [`Algorithm::P2cEwma`] only.
+    ///
+    /// Panic threshold (Envoy's): when fewer than `panic_threshold_percent` % of the endpoints
+    /// are usable, the filter is presumed to be wrong rather than the endpoints (a breaker
+    /// ejecting most of a healthy set would otherwise pile all traffic on the few left), so
+    /// `usable` is ignored and the pick balances across all endpoints. `0` disables it; values
+    /// above 100 act as 100 (panic as soon as any endpoint is unusable). Since the filter also
+    /// excludes endpoints already tried, a request that has tried most of a small set panics
+    /// too and may be sent to one it tried. Without panic and with no usable endpoint, the
+    /// result is `None`: the caller decides whether to fall back.
+    pub fn pick<R: Rng + ?Sized>(
+        &self,
+        key: Option<&[u8]>,
+        now: Instant,
+        rng: &mut R,
+        usable: impl Fn(&Endpoint) -> bool,
+        panic_threshold_percent: u32,
+    ) -> Option<Arc<Endpoint>> {
+        if self.endpoints.is_empty() {
+            return None;
+        }
+        let panic = self.in_panic(&usable, panic_threshold_percent);
+        let ok = |e: &Endpoint| panic || usable(e);
+        let index = match self.algorithm {
+            Algorithm::RoundRobin => self.round_robin(&ok),
+            Algorithm::Random => self.sample(rng, &ok, None),
+            Algorithm::P2cLeastRequest => self.p2c(rng, &ok, |e| f64::from(e.in_flight())),
+            Algorithm::P2cEwma => self.p2c(rng, &ok, |e| e.load(now)),
+            Algorithm::RingHash => self.ring_walk(key, rng, &ok),
+        }?;
+        Some(Arc::clone(&self.endpoints[index]))
+    }
+
+    /// Whether usable / total × 100 < threshold; counts only until the answer is known.
+    fn in_panic(&self, usable: &impl Fn(&Endpoint) -> bool, threshold_percent: u32) -> bool {
+        if threshold_percent == 0 {
+            return false;
+        }
+        let needed = u64::from(threshold_percent.min(100)) * self.endpoints.len() as u64;
+        let mut count = 0u64;
+        for endpoint in &self.endpoints {
+            if usable(endpoint) {
+                count += 1;
+                if count * 100 >= needed {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Takes the next slot of the shared counter, and another for each unusable endpoint met,
+    /// so the endpoint after an unusable one does not get its share too.
+    fn round_robin(&self, ok: &impl Fn(&Endpoint) -> bool) -> Option<usize> {
+        let n = self.endpoints.len();
+        for _ in 0..n {
+            let i = self.rr.fetch_add(1, Ordering::Relaxed) % n;
+            if ok(&self.endpoints[i]) {
+                return Some(i);
+            }
+        }
+        // Concurrent picks took some of our slots: look at every endpoint once.
+        (0..n).find(|&i| ok(&self.endpoints[i]))
+    }
+
+    /// A uniformly random index `ok` accepts, other than `exclude`: a few draws, then (few
+    /// candidates) count the candidates and take a random rank. Both steps are uniform over the
+    /// candidates, so their mixture is too.
+    fn sample<R: Rng + ?Sized>(
+        &self,
+        rng: &mut R,
+        ok: &impl Fn(&Endpoint) -> bool,
+        exclude: Option<usize>,
+    ) -> Option<usize> {
+        let n = self.endpoints.len();
+        let candidate = |i: usize| Some(i) != exclude && ok(&self.endpoints[i]);
+        for _ in 0..MAX_DRAWS {
+            let i = rng.random_range(0..n);
+            if candidate(i) {
+                return Some(i);
+            }
+        }
+        let count = (0..n).filter(|&i| candidate(i)).count();
+        if count == 0 {
+            return None;
+        }
+        let rank = rng.random_range(0..count);
+        (0..n)
+            .filter(|&i| candidate(i))
+            .nth(rank)
+            // The caller's filter changed between the two scans (a breaker moved): take any.
+            .or_else(|| (0..n).find(|&i| candidate(i)))
+    }
+
+    /// Power of two choices: two distinct candidates, the lower `cost` wins, a tie goes to the
+    /// first. With one candidate, that one.
+    fn p2c<R: Rng + ?Sized>(
+        &self,
+        rng: &mut R,
+        ok: &impl Fn(&Endpoint) -> bool,
+        cost: impl Fn(&Endpoint) -> f64,
+    ) -> Option<usize> {
+        let first = self.sample(rng, ok, None)?;
+        let Some(second) = self.sample(rng, ok, Some(first)) else {
+            return Some(first);
+        };
+        if cost(&self.endpoints[second]) < cost(&self.endpoints[first]) {
+            Some(second)
+        } else {
+            Some(first)
+        }
+    }
+
+    /// From the key's point on the continuum, the first endpoint `ok` accepts. Passing over an
+    /// unusable endpoint lands where its keys would go if it were removed from the set. The
+    /// walk is bounded by the number of points (160 per endpoint) and is that long only when
+    /// few endpoints are usable.
+    fn ring_walk<R: Rng + ?Sized>(
+        &self,
+        key: Option<&[u8]>,
+        rng: &mut R,
+        ok: &impl Fn(&Endpoint) -> bool,
+    ) -> Option<usize> {
+        let ring = self.ring.as_ref()?;
+        let mut point = match key {
+            Some(key) => ring.node_idx(key),
+            None => ring.node_idx(&rng.random::<u64>().to_le_bytes()),
+        };
+        let mut rejected: Option<SocketAddr> = None;
+        for _ in 0..self.endpoints.len() * DEFAULT_POINT_MULTIPLE as usize {
+            let addr = *ring.get_addr(&mut point)?;
+            if rejected == Some(addr) {
+                continue;
+            }
+            let i = self.index_of(&addr)?;
+            if ok(&self.endpoints[i]) {
+                return Some(i);
+            }
+            rejected = Some(addr);
+        }
+        None
+    }
+
+    fn index_of(&self, addr: &SocketAddr) -> Option<usize> {
+        self.endpoints.binary_search_by(|e| e.addr.cmp(addr)).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::SmallRng;
+    use rand::SeedableRng;
+    use std::collections::HashMap;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("a socket address")
+    }
+
+    /// `127.0.0.1:1` .. `127.0.0.1:n`.
+    fn local(n: u16) -> Vec<SocketAddr> {
+        (1..=n)
+            .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+            .collect()
+    }
+
+    fn rng() -> SmallRng {
+        SmallRng::seed_from_u64(7)
+    }
+
+    fn all(_: &Endpoint) -> bool {
+        true
+    }
+
+    /// Picks `n` times without a key and counts the picks per address.
+    fn spread(
+        set: &EndpointSet,
+        n: usize,
+        usable: impl Fn(&Endpoint) -> bool,
+        threshold: u32,
+    ) -> HashMap<SocketAddr, usize> {
+        let now = Instant::now();
+        let mut rng = rng();
+        let mut counts = HashMap::new();
+        for _ in 0..n {
+            let e = set
+                .pick(None, now, &mut rng, &usable, threshold)
+                .expect("an endpoint");
+            *counts.entry(e.addr).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    const ALL_ALGORITHMS: [Algorithm; 5] = [
+        Algorithm::RoundRobin,
+        Algorithm::Random,
+        Algorithm::P2cLeastRequest,
+        Algorithm::P2cEwma,
+        Algorithm::RingHash,
+    ];
+
+    // ----- the endpoint: in flight and peak EWMA -----
+
+    #[test]
+    fn a_guard_counts_a_request_in_flight_until_dropped() {
+        let e = Arc::new(Endpoint::new(addr("127.0.0.1:1")));
+        let a = e.start();
+        let b = e.start();
+        assert_eq!(e.in_flight(), 2, "two started requests are in flight");
+        drop(a);
+        assert_eq!(e.in_flight(), 1, "dropping a guard ends one request");
+        assert!(
+            Arc::ptr_eq(b.endpoint(), &e),
+            "the guard names its endpoint"
+        );
+        drop(b);
+        assert_eq!(
+            e.in_flight(),
+            0,
+            "nothing in flight once both guards are gone"
+        );
+    }
+
+    #[test]
+    fn before_any_sample_the_estimate_is_the_configured_initial_value() {
+        let t0 = Instant::now();
+        let default = Endpoint::new(addr("127.0.0.1:1"));
+        assert_eq!(
+            default.ewma(t0),
+            Duration::from_millis(30),
+            "Linkerd's default of 30 ms"
+        );
+        let config = EwmaConfig {
+            initial: Duration::from_millis(100),
+            decay: Duration::from_secs(10),
+        };
+        let custom = Endpoint::with_ewma_config(addr("127.0.0.1:2"), &config);
+        assert_eq!(
+            custom.ewma(t0),
+            Duration::from_millis(100),
+            "the initial estimate is configurable"
+        );
+    }
+
+    #[test]
+    fn peak_ewma_jumps_up_at_once_and_decays_with_time() {
+        let t0 = Instant::now();
+        let e = Endpoint::new(addr("127.0.0.1:1"));
+        e.observe_latency(Duration::from_millis(500), t0);
+        assert_eq!(
+            e.ewma(t0),
+            Duration::from_millis(500),
+            "a sample above the estimate replaces it at once"
+        );
+
+        e.observe_latency(Duration::from_millis(1), t0 + Duration::from_millis(1));
+        let after_fast = e.ewma(t0 + Duration::from_millis(1)).as_secs_f64() * 1e3;
+        assert!(
+            after_fast > 499.0,
+            "a fast sample 1 ms after a peak barely moves it: {after_fast} ms"
+        );
+
+        let later = |secs: u64| e.ewma(t0 + Duration::from_secs(secs)).as_secs_f64() * 1e3;
+        let ten = later(10);
+        let expected = 500.0 * (-1.0f64).exp();
+        assert!(
+            (ten - expected).abs() < 2.0,
+            "one decay period (10 s) later the estimate is ~1/e of the peak: {ten} ms, expected {expected:.1} ms"
+        );
+        let sixty = later(60);
+        assert!(
+            sixty < 2.0,
+            "a minute without samples decays the peak to almost nothing: {sixty} ms"
+        );
+        assert!(
+            later(20) < ten && later(30) < later(20),
+            "the estimate keeps falling with time"
+        );
+    }
+
+    #[test]
+    fn lower_samples_pull_the_estimate_down_to_them() {
+        let t0 = Instant::now();
+        let e = Endpoint::new(addr("127.0.0.1:1"));
+        e.observe_latency(Duration::from_millis(500), t0);
+        for s in 1..=60 {
+            e.observe_latency(Duration::from_millis(10), t0 + Duration::from_secs(s));
+        }
+        let end = e.ewma(t0 + Duration::from_secs(60)).as_secs_f64() * 1e3;
+        assert!(
+            (10.0..13.0).contains(&end),
+            "a minute of 10 ms samples (one a second) brings a 500 ms peak down to ~10 ms: {end} ms"
+        );
+        e.observe_latency(Duration::from_millis(200), t0 + Duration::from_secs(61));
+        assert_eq!(
+            e.ewma(t0 + Duration::from_secs(61)),
+            Duration::from_millis(200),
+            "and a new peak is taken at once again"
+        );
+    }
+
+    #[test]
+    fn load_is_the_estimate_times_in_flight_plus_one() {
+        let t0 = Instant::now();
+        let e = Arc::new(Endpoint::new(addr("127.0.0.1:1")));
+        e.observe_latency(Duration::from_millis(10), t0);
+        assert_eq!(e.load(t0), 30e6, "idle: the 30 ms prior, not yet decayed");
+        e.observe_latency(Duration::from_millis(40), t0);
+        let _a = e.start();
+        let _b = e.start();
+        assert_eq!(e.load(t0), 40e6 * 3.0, "40 ms × (2 in flight + 1)");
+    }
+
+    #[test]
+    fn the_snapshot_serializes_address_in_flight_and_ewma() {
+        let t0 = Instant::now();
+        let set = EndpointSet::new(local(2), Algorithm::P2cEwma, None);
+        let _g = set.endpoints()[0].start();
+        set.endpoints()[1].observe_latency(Duration::from_millis(12), t0);
+        let json = serde_json::to_value(set.snapshot(t0)).expect("the snapshot serializes");
+        assert_eq!(
+            json,
+            serde_json::json!([
+                {"addr": "127.0.0.1:1", "in_flight": 1, "ewma_ms": 30.0},
+                {"addr": "127.0.0.1:2", "in_flight": 0, "ewma_ms": 30.0},
+            ]),
+            "one entry per endpoint, in address order (12 ms is below the 30 ms prior at elapsed 0)"
+        );
+    }
+
+    #[test]
+    fn algorithms_have_snake_case_names() {
+        let names: Vec<String> = ALL_ALGORITHMS
+            .iter()
+            .map(|a| serde_json::to_string(a).expect("serializes"))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "\"round_robin\"",
+                "\"random\"",
+                "\"p2c_least_request\"",
+                "\"p2c_ewma\"",
+                "\"ring_hash\""
+            ],
+            "the names config and admin use"
+        );
+        let back: Algorithm = serde_json::from_str("\"p2c_ewma\"").expect("parses");
+        assert_eq!(back, Algorithm::P2cEwma, "names parse back");
+    }
+
+    // ----- round robin and random -----
+
+    #[test]
+    fn round_robin_spreads_evenly() {
+        let set = EndpointSet::new(local(4), Algorithm::RoundRobin, None);
+        let counts = spread(&set, 400, all, 0);
+        for a in local(4) {
+            assert_eq!(
+                counts.get(&a),
+                Some(&100),
+                "each of 4 gets 100 of 400: {counts:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn round_robin_skips_unusable_endpoints_without_doubling_the_next_one() {
+        let set = EndpointSet::new(local(4), Algorithm::RoundRobin, None);
+        let down = addr("127.0.0.1:2");
+        let counts = spread(&set, 300, |e| e.addr != down, 0);
+        assert_eq!(
+            counts.get(&down),
+            None,
+            "the unusable endpoint gets nothing"
+        );
+        for a in local(4).into_iter().filter(|a| *a != down) {
+            assert_eq!(
+                counts.get(&a),
+                Some(&100),
+                "each of the 3 usable endpoints gets a third: {counts:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn round_robin_continues_across_a_rebuild() {
+        let first = EndpointSet::new(local(3), Algorithm::RoundRobin, None);
+        let mut rng = rng();
+        let now = Instant::now();
+        let picked = first
+            .pick(None, now, &mut rng, all, 0)
+            .expect("an endpoint");
+        assert_eq!(
+            picked.addr,
+            addr("127.0.0.1:1"),
+            "the first pick is the first endpoint"
+        );
+        let second = EndpointSet::new(local(3), Algorithm::RoundRobin, Some(&first));
+        let next = second
+            .pick(None, now, &mut rng, all, 0)
+            .expect("an endpoint");
+        assert_eq!(
+            next.addr,
+            addr("127.0.0.1:2"),
+            "a rebuild (every DNS refresh) does not send the next request to the first endpoint again"
+        );
+    }
+
+    #[test]
+    fn random_is_uniform_among_usable_endpoints() {
+        let set = EndpointSet::new(local(4), Algorithm::Random, None);
+        let down = addr("127.0.0.1:3");
+        let counts = spread(&set, 6000, |e| e.addr != down, 0);
+        assert_eq!(
+            counts.get(&down),
+            None,
+            "the unusable endpoint gets nothing"
+        );
+        for a in local(4).into_iter().filter(|a| *a != down) {
+            let n = counts.get(&a).copied().unwrap_or(0);
+            assert!(
+                (1800..2200).contains(&n),
+                "each usable endpoint gets ~1/3 of 6000: {a} got {n}"
+            );
+        }
+    }
+
+    #[test]
+    fn random_finds_the_one_usable_endpoint_among_many() {
+        let set = EndpointSet::new(local(100), Algorithm::Random, None);
+        let only = addr("127.0.0.1:77");
+        let counts = spread(&set, 200, |e| e.addr == only, 0);
+        assert_eq!(
+            counts.get(&only),
+            Some(&200),
+            "when random draws miss, counting the candidates still finds it: {counts:?}"
+        );
+    }
+
+    // ----- power of two choices -----
+
+    #[test]
+    fn p2c_least_request_prefers_idle_endpoints() {
+        let set = EndpointSet::new(local(4), Algorithm::P2cLeastRequest, None);
+        let busy = Arc::clone(set.get(&addr("127.0.0.1:1")).expect("in the set"));
+        let guards: Vec<InFlightGuard> = (0..5).map(|_| busy.start()).collect();
+        let counts = spread(&set, 1000, all, 0);
+        assert_eq!(
+            counts.get(&busy.addr),
+            None,
+            "an endpoint with 5 in flight loses every duel against an idle one: {counts:?}"
+        );
+        for a in local(4).into_iter().skip(1) {
+            let n = counts.get(&a).copied().unwrap_or(0);
+            assert!(
+                (250..420).contains(&n),
+                "the idle endpoints share the traffic: {a} got {n}"
+            );
+        }
+        drop(guards);
+        let counts = spread(&set, 1000, all, 0);
+        assert!(
+            counts.get(&busy.addr).copied().unwrap_or(0) > 150,
+            "once its requests finish it is picked again: {counts:?}"
+        );
+    }
+
+    #[test]
+    fn p2c_with_one_usable_endpoint_picks_it() {
+        for algorithm in [Algorithm::P2cLeastRequest, Algorithm::P2cEwma] {
+            let set = EndpointSet::new(local(5), algorithm, None);
+            let only = addr("127.0.0.1:4");
+            let counts = spread(&set, 50, |e| e.addr == only, 0);
+            assert_eq!(
+                counts.get(&only),
+                Some(&50),
+                "{algorithm:?}: no second candidate, so the first one wins"
+            );
+        }
+    }
+
+    /// Sends one request per millisecond for a second; `slow` answers in 500 ms, the others in
+    /// 1 ms. Each completion feeds its latency back and releases its guard. Returns the picks
+    /// per address.
+    fn simulate(algorithm: Algorithm, slow: SocketAddr) -> HashMap<SocketAddr, usize> {
+        let set = EndpointSet::new(local(4), algorithm, None);
+        let mut rng = rng();
+        let t0 = Instant::now();
+        let mut pending: Vec<(Instant, Duration, InFlightGuard)> = Vec::new();
+        let mut counts = HashMap::new();
+        for i in 0..1000 {
+            let now = t0 + Duration::from_millis(i);
+            pending.sort_by_key(|(done, _, _)| std::cmp::Reverse(*done));
+            while pending.last().is_some_and(|(done, _, _)| *done <= now) {
+                let (done, rtt, guard) = pending.pop().expect("checked");
+                guard.endpoint().observe_latency(rtt, done);
+            }
+            let e = set.pick(None, now, &mut rng, all, 0).expect("an endpoint");
+            *counts.entry(e.addr).or_insert(0) += 1;
+            let rtt = if e.addr == slow {
+                Duration::from_millis(500)
+            } else {
+                Duration::from_millis(1)
+            };
+            pending.push((now + rtt, rtt, e.start()));
+        }
+        counts
+    }
+
+    #[test]
+    fn p2c_ewma_starves_a_slow_endpoint() {
+        let slow = addr("127.0.0.1:4");
+        let baseline = simulate(Algorithm::RoundRobin, slow);
+        assert_eq!(
+            baseline.get(&slow),
+            Some(&250),
+            "round robin, blind to latency, sends the slow endpoint its quarter"
+        );
+        let counts = simulate(Algorithm::P2cEwma, slow);
+        let to_slow = counts.get(&slow).copied().unwrap_or(0);
+        assert!(
+            to_slow < 100,
+            "P2C-EWMA sends under 10% of 1000 requests to the endpoint answering in 500 ms: {to_slow} ({counts:?})"
+        );
+        // With requests done before the next pick, no fast endpoint has any in flight, so the
+        // one whose estimate is lowest wins every duel it is in: the split is uneven, but none
+        // of them is starved.
+        for a in local(3) {
+            assert!(
+                counts.get(&a).copied().unwrap_or(0) >= 100,
+                "every fast endpoint takes a share of the rest: {counts:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn p2c_ewma_tries_a_slow_endpoint_again_once_its_peak_has_decayed() {
+        let t0 = Instant::now();
+        let set = EndpointSet::new(local(2), Algorithm::P2cEwma, None);
+        let [fast, slow] = [&set.endpoints()[0], &set.endpoints()[1]];
+        fast.observe_latency(Duration::from_millis(5), t0);
+        slow.observe_latency(Duration::from_millis(500), t0);
+        let mut rng = rng();
+        let pick = |now: Instant, rng: &mut SmallRng| {
+            set.pick(None, now, rng, all, 0).expect("an endpoint").addr
+        };
+        assert_eq!(
+            pick(t0, &mut rng),
+            fast.addr,
+            "right after the peak: the fast one"
+        );
+        // The fast endpoint keeps answering in 5 ms; the slow one gets no traffic and no samples.
+        for s in 1..=60 {
+            fast.observe_latency(Duration::from_millis(5), t0 + Duration::from_secs(s));
+        }
+        assert_eq!(
+            pick(t0 + Duration::from_secs(60), &mut rng),
+            slow.addr,
+            "a minute later the slow endpoint's peak has decayed and it is probed again"
+        );
+    }
+
+    // ----- ring hash -----
+
+    fn ten() -> Vec<SocketAddr> {
+        (1..=10)
+            .map(|i| SocketAddr::from(([10, 0, 0, i], 8080)))
+            .collect()
+    }
+
+    fn owner(set: &EndpointSet, key: &str, usable: impl Fn(&Endpoint) -> bool) -> SocketAddr {
+        set.pick(Some(key.as_bytes()), Instant::now(), &mut rng(), usable, 0)
+            .expect("an endpoint")
+            .addr
+    }
+
+    #[test]
+    fn ring_hash_sends_a_key_to_the_same_endpoint_while_the_set_is_unchanged() {
+        let set = EndpointSet::new(ten(), Algorithm::RingHash, None);
+        let rebuilt = EndpointSet::new(ten(), Algorithm::RingHash, Some(&set));
+        let mut used = std::collections::HashSet::new();
+        for i in 0..1000 {
+            let key = format!("user-{i}");
+            let first = owner(&set, &key, all);
+            assert_eq!(
+                owner(&set, &key, all),
+                first,
+                "{key}: same key, same endpoint"
+            );
+            assert_eq!(
+                owner(&rebuilt, &key, all),
+                first,
+                "{key}: a rebuild over the same addresses changes nothing"
+            );
+            used.insert(first);
+        }
+        assert_eq!(used.len(), 10, "1000 keys land on all 10 endpoints");
+    }
+
+    #[test]
+    fn ring_hash_removing_one_of_ten_endpoints_moves_only_its_keys() {
+        let before = EndpointSet::new(ten(), Algorithm::RingHash, None);
+        let gone = addr("10.0.0.5:8080");
+        let after = EndpointSet::new(
+            ten().into_iter().filter(|a| *a != gone),
+            Algorithm::RingHash,
+            Some(&before),
+        );
+        let (mut moved, mut moved_from_others) = (0, 0);
+        for i in 0..10_000 {
+            let key = format!("session-{i}");
+            let (was, is) = (owner(&before, &key, all), owner(&after, &key, all));
+            if was != is {
+                moved += 1;
+                if was != gone {
+                    moved_from_others += 1;
+                }
+            }
+        }
+        assert!(
+            (500..2000).contains(&moved),
+            "removing 1 of 10 endpoints moves ~1/10 of 10 000 keys: {moved}"
+        );
+        assert_eq!(
+            moved_from_others, 0,
+            "only the keys of the removed endpoint move"
+        );
+    }
+
+    #[test]
+    fn ring_hash_passes_an_unusable_endpoint_over_to_where_its_removal_would_send_the_key() {
+        let full = EndpointSet::new(ten(), Algorithm::RingHash, None);
+        let down = addr("10.0.0.3:8080");
+        let without = EndpointSet::new(
+            ten().into_iter().filter(|a| *a != down),
+            Algorithm::RingHash,
+            None,
+        );
+        let mut rerouted = 0;
+        for i in 0..2000 {
+            let key = format!("k{i}");
+            let walked = owner(&full, &key, |e| e.addr != down);
+            assert_ne!(walked, down, "{key}: never the unusable endpoint");
+            assert_eq!(
+                walked,
+                owner(&without, &key, all),
+                "{key}: walking past it is the same as removing it"
+            );
+            if owner(&full, &key, all) == down {
+                rerouted += 1;
+            }
+        }
+        assert!(
+            rerouted > 0,
+            "some keys were homed on the unusable endpoint"
+        );
+    }
+
+    #[test]
+    fn ring_hash_without_a_key_spreads_at_random() {
+        let set = EndpointSet::new(ten(), Algorithm::RingHash, None);
+        let counts = spread(&set, 5000, all, 0);
+        for a in ten() {
+            let n = counts.get(&a).copied().unwrap_or(0);
+            assert!(
+                (250..800).contains(&n),
+                "no key: a random point, so each of 10 gets roughly a tenth: {a} got {n}"
+            );
+        }
+    }
+
+    // ----- for every algorithm -----
+
+    #[test]
+    fn an_empty_set_or_no_usable_endpoint_without_panic_gives_none() {
+        let mut rng = rng();
+        let now = Instant::now();
+        for algorithm in ALL_ALGORITHMS {
+            let empty = EndpointSet::new([], algorithm, None);
+            assert!(
+                empty.pick(Some(b"k"), now, &mut rng, all, 50).is_none(),
+                "{algorithm:?}: nothing to pick from an empty set"
+            );
+            let set = EndpointSet::new(local(4), algorithm, None);
+            assert!(
+                set.pick(Some(b"k"), now, &mut rng, |_| false, 0).is_none(),
+                "{algorithm:?}: no usable endpoint and panic disabled: none"
+            );
+            assert!(
+                set.pick(Some(b"k"), now, &mut rng, |_| false, 1).is_some(),
+                "{algorithm:?}: no usable endpoint with any panic threshold: all are candidates"
+            );
+        }
+    }
+
+    #[test]
+    fn below_the_panic_threshold_every_endpoint_is_a_candidate() {
+        let only = addr("127.0.0.1:1");
+        let usable = |e: &Endpoint| e.addr == only;
+        for algorithm in ALL_ALGORITHMS {
+            let set = EndpointSet::new(local(4), algorithm, None);
+            let counts = spread(&set, 400, usable, 50);
+            for a in local(4) {
+                let n = counts.get(&a).copied().unwrap_or(0);
+                assert!(
+                    n >= 50,
+                    "{algorithm:?}: 1 of 4 usable (25%) is below 50%, so the filter is ignored and {a} gets its share: {counts:?}"
+                );
+            }
+            let counts = spread(&set, 100, usable, 25);
+            assert_eq!(
+                counts.get(&only),
+                Some(&100),
+                "{algorithm:?}: 25% usable is not below a 25% threshold: the filter holds"
+            );
+            let counts = spread(&set, 100, usable, 0);
+            assert_eq!(
+                counts.get(&only),
+                Some(&100),
+                "{algorithm:?}: threshold 0 disables panic mode"
+            );
+        }
+    }
+
+    #[test]
+    fn a_rebuild_keeps_the_state_of_endpoints_that_stay() {
+        let t0 = Instant::now();
+        let old = EndpointSet::new(local(3), Algorithm::P2cEwma, None);
+        let staying = Arc::clone(&old.endpoints()[1]);
+        let leaving = Arc::clone(&old.endpoints()[2]);
+        let g1 = staying.start();
+        let _g2 = staying.start();
+        let _g3 = leaving.start();
+        staying.observe_latency(Duration::from_millis(250), t0);
+
+        let new = EndpointSet::new(
+            [
+                addr("127.0.0.1:2"),
+                addr("127.0.0.1:9"),
+                addr("127.0.0.1:1"),
+                addr("127.0.0.1:2"),
+            ],
+            Algorithm::P2cEwma,
+            Some(&old),
+        );
+        let addrs: Vec<SocketAddr> = new.endpoints().iter().map(|e| e.addr).collect();
+        assert_eq!(
+            addrs,
+            [
+                addr("127.0.0.1:1"),
+                addr("127.0.0.1:2"),
+                addr("127.0.0.1:9")
+            ],
+            "the new set is the new addresses, sorted, duplicates collapsed"
+        );
+        let kept = new
+            .get(&staying.addr)
+            .expect("the staying endpoint is in the new set");
+        assert!(
+            Arc::ptr_eq(kept, &staying),
+            "a staying endpoint keeps its Arc"
+        );
+        assert_eq!(kept.in_flight(), 2, "its requests in flight still count");
+        assert_eq!(
+            kept.ewma(t0),
+            Duration::from_millis(250),
+            "its latency estimate survives"
+        );
+        drop(g1);
+        assert_eq!(
+            kept.in_flight(),
+            1,
+            "a request started before the rebuild ends on the same counter"
+        );
+        let added = new.get(&addr("127.0.0.1:9")).expect("the new endpoint");
+        assert_eq!(added.in_flight(), 0, "a new endpoint starts idle");
+        assert_eq!(
+            added.ewma(t0),
+            Duration::from_millis(30),
+            "with the initial estimate"
+        );
+        assert!(
+            new.get(&leaving.addr).is_none(),
+            "a removed endpoint is gone"
+        );
+    }
+
+    #[test]
+    fn a_rebuild_with_new_ewma_parameters_applies_them_to_staying_endpoints() {
+        let t0 = Instant::now();
+        let old = EndpointSet::new(local(2), Algorithm::P2cEwma, None);
+        old.endpoints()[0].observe_latency(Duration::from_millis(100), t0);
+        let config = EwmaConfig {
+            initial: Duration::from_millis(50),
+            decay: Duration::from_secs(1),
+        };
+        let new = EndpointSet::with_ewma_config(local(2), Algorithm::P2cEwma, config, Some(&old));
+        let [sampled, fresh] = [&new.endpoints()[0], &new.endpoints()[1]];
+        assert_eq!(
+            fresh.ewma(t0),
+            Duration::from_millis(50),
+            "an endpoint without samples takes the new initial estimate"
+        );
+        let one_second = sampled.ewma(t0 + Duration::from_secs(1)).as_secs_f64() * 1e3;
+        assert!(
+            (one_second - 100.0 * (-1.0f64).exp()).abs() < 1.0,
+            "a sampled one keeps its estimate and decays with the new 1 s period: {one_second} ms"
+        );
+    }
+
+    // ----- the hot path does not allocate -----
+
+    /// Counts this thread's allocations, so tests running in parallel do not disturb the count.
+    mod counting {
+        use std::alloc::{GlobalAlloc, Layout, System};
+        use std::cell::Cell;
+
+        thread_local! {
+            static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+        }
+
+        pub struct Counting;
+
+        // SAFETY: forwards to the system allocator; counting touches a const-initialised
+        // thread-local `Cell` without destructor, which never allocates.
+        unsafe impl GlobalAlloc for Counting {
+            unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+                let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+                // SAFETY: the caller's contract is passed on unchanged.
+                unsafe { System.alloc(layout) }
+            }
+
+            unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+                // SAFETY: `ptr` came from `System.alloc` with this layout.
+                unsafe { System.dealloc(ptr, layout) }
+            }
+        }
+
+        #[global_allocator]
+        static GLOBAL: Counting = Counting;
+
+        pub fn allocations() -> u64 {
+            ALLOCATIONS.with(|c| c.get())
+        }
+    }
+
+    #[test]
+    fn picking_and_tracking_a_request_allocate_nothing() {
+        let t0 = Instant::now();
+        let down = addr("127.0.0.1:5");
+        for algorithm in ALL_ALGORITHMS {
+            let set = EndpointSet::new(local(16), algorithm, None);
+            let mut rng = rng();
+            let keys: [&[u8]; 2] = [b"user-42", b"user-43"];
+            let before = counting::allocations();
+            for i in 0..1000u64 {
+                let now = t0 + Duration::from_millis(i);
+                let key = (i % 3 != 0).then(|| keys[(i % 2) as usize]);
+                let usable = |e: &Endpoint| e.addr != down;
+                let e = set
+                    .pick(key, now, &mut rng, usable, 50)
+                    .expect("an endpoint");
+                let guard = e.start();
+                e.observe_latency(Duration::from_micros(900 + i % 200), now);
+                drop(guard);
+            }
+            let allocated = counting::allocations() - before;
+            assert_eq!(
+                allocated, 0,
+                "{algorithm:?}: 1000 picks with start, observe and drop allocate nothing"
+            );
+        }
+    }
+}
