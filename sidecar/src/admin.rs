@@ -108,6 +108,7 @@ async fn endpoints(State(s): State<AdminState>) -> Json<serde_json::Value> {
                     "lb": r.policy.lb,
                     "source": r.policy.endpoints,
                     "endpoints": eps,
+                    "load": r.balancer.set().snapshot(std::time::Instant::now()),
                     "discovery": r.balancer.discovery_status(),
                 }),
             );
@@ -128,6 +129,7 @@ async fn breakers(State(s): State<AdminState>) -> Json<serde_json::Value> {
                     "ejected": r.balancer.breakers.out(),
                     "concurrency": r.limit.snapshot(),
                     "retry_budget": r.budget.snapshot(now),
+                    "retry_refusals": r.refusal_counts(),
                 }),
             );
         }

@@ -4,7 +4,8 @@
 //! headless Kubernetes Service) into addresses, through pingora-load-balancing's
 //! `ServiceDiscovery` trait. [`Balancer`] keeps the resulting [`EndpointSet`] (the selection
 //! algorithms of `select`) and the per-endpoint [`Breakers`]: an endpoint is a candidate for an
-//! attempt when this request has not tried it yet and its breaker has not ejected it. A new
+//! attempt when this request has not tried it yet, its active health checks pass and its breaker has
+//! not ejected it. A new
 //! endpoint list keeps the state (in-flight counts, latency estimates, breakers) of the
 //! endpoints that stay.
 
@@ -223,6 +224,7 @@ impl Balancer {
                 let fresh = |e: &Endpoint| {
                     (round == 1 || !avoid.contains(&e.addr))
                         && !refused.contains(&Some(e.addr))
+                        && e.is_healthy()
                         && !self.breakers.is_ejected(e.addr, now)
                 };
                 let Some(endpoint) =

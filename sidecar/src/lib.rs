@@ -13,6 +13,9 @@
 //!   last fetch;
 //! - `outbound` / `inbound`: the two Pingora `ProxyHttp` implementations (wiring only);
 //! - `reason`: the errors the sidecar answers itself, each with its `x-mesh-error` reason;
+//! - `retry`, `breaker`, `limits`, `select`: the policies, pure state machines: retry decision,
+//!   backoff and budget; per-endpoint ejection; concurrency limits; endpoint selection;
+//! - `health`: active health checks;
 //! - `admin`: the admin HTTP server;
 //! - `ports`: binding listeners on port 0 and announcing the real ports.
 
@@ -20,6 +23,7 @@ pub mod admin;
 pub mod balancer;
 pub mod breaker;
 pub mod config;
+pub mod health;
 pub mod inbound;
 pub mod limits;
 pub mod outbound;

@@ -11,6 +11,7 @@ use pingora_proxy::http_proxy_service_with_name;
 
 use sidecar::admin::{AdminService, AdminState};
 use sidecar::config::Args;
+use sidecar::health::HealthChecker;
 use sidecar::inbound::Inbound;
 use sidecar::outbound::Outbound;
 use sidecar::ports::{reserve, Announcer};
@@ -91,6 +92,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         "table source",
         TableSource::new(mesh.clone(), origin, args.poll_interval, args.dns_refresh),
     );
+    let health = background_service("health checks", HealthChecker { mesh: mesh.clone() });
     let admin = background_service(
         "admin",
         AdminService {
@@ -115,6 +117,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     server.add_service(out_svc);
     server.add_service(in_svc);
     server.add_service(source);
+    server.add_service(health);
     server.add_service(admin);
     server.add_service(announcer);
     tracing::info!(

@@ -216,6 +216,7 @@ impl OutboundCtx {
             Ok(()) => true,
             Err(r) => {
                 self.refusal = Some(r);
+                route.count_refusal(r);
                 false
             }
         }
@@ -503,6 +504,7 @@ impl ProxyHttp for Outbound {
         let cap = Duration::from_millis(route.policy.retries.backoff_ms[1]);
         if retry_after.is_some_and(|d| d > cap) {
             ctx.refusal = Some(Refusal::NotRetriable);
+            route.count_refusal(Refusal::NotRetriable);
             return Ok(());
         }
         if !ctx.may_retry(session, Outcome::Status(status), true, now) {

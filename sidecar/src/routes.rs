@@ -14,7 +14,9 @@ use serde::Serialize;
 
 use crate::balancer::Balancer;
 use crate::limits::ConcurrencyLimit;
-use crate::retry::RetryBudget;
+use crate::retry::{Refusal, RetryBudget};
+use pingora_load_balancing::health_check::HealthCheck;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// One service's policy and the state that enforces it.
 pub struct ServiceRoute {
@@ -23,6 +25,27 @@ pub struct ServiceRoute {
     pub balancer: Balancer,
     pub limit: ConcurrencyLimit,
     pub budget: RetryBudget,
+    /// The active health checker, when the table configures one.
+    pub health: Option<Arc<dyn HealthCheck + Send + Sync>>,
+    /// Retries refused, by reason (index: `Refusal::ALL`).
+    pub refusals: [AtomicU64; 6],
+}
+
+impl ServiceRoute {
+    pub fn count_refusal(&self, r: Refusal) {
+        if let Some(i) = Refusal::ALL.iter().position(|x| *x == r) {
+            self.refusals[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Refusals by reason, for the admin port.
+    pub fn refusal_counts(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        Refusal::ALL
+            .iter()
+            .zip(&self.refusals)
+            .map(|(r, n)| (r.as_str(), n.load(Ordering::Relaxed)))
+            .collect()
+    }
 }
 
 /// A compiled routing table.
@@ -58,6 +81,11 @@ impl Routes {
                         b.min_per_s,
                         Duration::from_millis(b.window_ms),
                     ),
+                    health: svc
+                        .health_check
+                        .as_ref()
+                        .map(|h| crate::health::checker(name, h)),
+                    refusals: Default::default(),
                 }),
             );
         }

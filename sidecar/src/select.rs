@@ -18,7 +18,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -156,6 +156,10 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     in_flight: AtomicU32,
     ewma: Mutex<PeakEwma>,
+    /// Active health: endpoints start healthy; the health checker alone writes these.
+    healthy: AtomicBool,
+    /// Consecutive results of the same kind: positive successes, negative failures.
+    health_streak: AtomicI32,
 }
 
 impl Endpoint {
@@ -169,7 +173,39 @@ impl Endpoint {
             addr,
             in_flight: AtomicU32::new(0),
             ewma: Mutex::new(PeakEwma::new(config)),
+            healthy: AtomicBool::new(true),
+            health_streak: AtomicI32::new(0),
         }
+    }
+
+    /// Whether the last active health checks passed (always true without health checks).
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Records one active health check: `healthy` consecutive passes make an unhealthy endpoint
+    /// healthy, `unhealthy` consecutive failures make a healthy one unhealthy. Returns the new
+    /// state when it changed. Called by one checker per service, so plain loads and stores
+    /// suffice.
+    pub fn record_health_check(&self, passed: bool, healthy: u32, unhealthy: u32) -> Option<bool> {
+        let streak = self.health_streak.load(Ordering::Relaxed);
+        let streak = match (passed, streak) {
+            (true, s) if s > 0 => s.saturating_add(1),
+            (true, _) => 1,
+            (false, s) if s < 0 => s.saturating_sub(1),
+            (false, _) => -1,
+        };
+        self.health_streak.store(streak, Ordering::Relaxed);
+        let was = self.is_healthy();
+        let now = if was {
+            !(streak < 0 && streak.unsigned_abs() >= unhealthy)
+        } else {
+            streak > 0 && streak.unsigned_abs() >= healthy
+        };
+        (now != was).then(|| {
+            self.healthy.store(now, Ordering::Relaxed);
+            now
+        })
     }
 
     /// Counts a request in flight until the returned guard is dropped. Keep the guard in the
@@ -209,6 +245,7 @@ impl Endpoint {
             addr: self.addr,
             in_flight: self.in_flight(),
             ewma_ms: self.lock_ewma().estimate(now) / 1e6,
+            healthy: self.is_healthy(),
         }
     }
 
@@ -242,6 +279,7 @@ pub struct EndpointSnapshot {
     pub addr: SocketAddr,
     pub in_flight: u32,
     pub ewma_ms: f64,
+    pub healthy: bool,
 }
 
 /// The endpoints of one service and the algorithm that picks among them.
@@ -673,8 +711,8 @@ mod tests {
         assert_eq!(
             json,
             serde_json::json!([
-                {"addr": "127.0.0.1:1", "in_flight": 1, "ewma_ms": 30.0},
-                {"addr": "127.0.0.1:2", "in_flight": 0, "ewma_ms": 30.0},
+                {"addr": "127.0.0.1:1", "in_flight": 1, "ewma_ms": 30.0, "healthy": true},
+                {"addr": "127.0.0.1:2", "in_flight": 0, "ewma_ms": 30.0, "healthy": true},
             ]),
             "one entry per endpoint, in address order (12 ms is below the 30 ms prior at elapsed 0)"
         );
@@ -1223,5 +1261,50 @@ mod tests {
                 "{algorithm:?}: 1000 picks with start, observe and drop allocate nothing"
             );
         }
+    }
+
+    #[test]
+    fn health_checks_flip_an_endpoint_after_the_thresholds() {
+        let e = Endpoint::new("127.0.0.1:1".parse().unwrap());
+        assert!(e.is_healthy(), "endpoints start healthy");
+        assert_eq!(
+            e.record_health_check(false, 2, 3),
+            None,
+            "one failure is not enough"
+        );
+        assert_eq!(
+            e.record_health_check(false, 2, 3),
+            None,
+            "two failures are not enough"
+        );
+        assert_eq!(
+            e.record_health_check(true, 2, 3),
+            None,
+            "a pass resets the failure streak"
+        );
+        for _ in 0..2 {
+            assert_eq!(
+                e.record_health_check(false, 2, 3),
+                None,
+                "streak restarts from zero"
+            );
+        }
+        assert_eq!(
+            e.record_health_check(false, 2, 3),
+            Some(false),
+            "the third failure in a row marks it unhealthy"
+        );
+        assert!(!e.is_healthy());
+        assert_eq!(
+            e.record_health_check(true, 2, 3),
+            None,
+            "one pass is not enough to come back"
+        );
+        assert_eq!(
+            e.record_health_check(true, 2, 3),
+            Some(true),
+            "two passes in a row bring it back"
+        );
+        assert!(e.is_healthy());
     }
 }
