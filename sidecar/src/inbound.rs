@@ -22,6 +22,13 @@ use crate::routes::Mesh;
 const APP_CONNECT: Duration = Duration::from_secs(1);
 const APP_IDLE: Duration = Duration::from_secs(60);
 
+/// How much longer than the caller's deadline the inbound side waits for the app. The caller's
+/// own sidecar times the request out at the deadline and names the cause itself; this side
+/// stops the app's work shortly after, as a backstop, without racing the caller's timer.
+pub fn with_grace(left: Duration) -> Duration {
+    left + left / 10 + Duration::from_millis(50)
+}
+
 pub struct Inbound {
     pub mesh: Arc<Mesh>,
     pub app: SocketAddr,
@@ -74,7 +81,10 @@ impl ProxyHttp for Inbound {
         _session: &mut Session,
         ctx: &mut Option<Duration>,
     ) -> Result<Box<HttpPeer>> {
-        let timeout = ctx.map_or(self.app_timeout(), |d| d.min(self.app_timeout()));
+        let timeout = match *ctx {
+            Some(left) => with_grace(left).min(self.app_timeout()),
+            None => self.app_timeout(),
+        };
         let mut peer = HttpPeer::new(self.app, false, String::new());
         peer.options.connection_timeout = Some(APP_CONNECT);
         peer.options.read_timeout = Some(timeout);
@@ -97,7 +107,7 @@ impl ProxyHttp for Inbound {
         &self,
         session: &mut Session,
         e: &Error,
-        _ctx: &mut Option<Duration>,
+        ctx: &mut Option<Duration>,
     ) -> FailToProxy {
         if *e.esource() == ErrorSource::Downstream {
             let code = match e.etype() {
@@ -112,11 +122,15 @@ impl ProxyHttp for Inbound {
                 can_reuse_downstream: false,
             };
         }
+        let deadline_bound = ctx.is_some_and(|left| with_grace(left) < self.app_timeout());
         let reason = match e.etype() {
             ErrorType::ConnectTimedout
             | ErrorType::ConnectRefused
             | ErrorType::ConnectNoRoute
             | ErrorType::ConnectError => Reason::ConnectFailure,
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout if deadline_bound => {
+                Reason::DeadlineExceeded
+            }
             ErrorType::ReadTimedout | ErrorType::WriteTimedout => Reason::PerTryTimeout,
             _ => Reason::UpstreamReset,
         };
