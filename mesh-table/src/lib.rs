@@ -770,14 +770,9 @@ fn compile_retries(
         0,
         16 * 1024 * 1024,
     );
-    let hedge_after_ms = raw.hedge_after_ms.inspect(|&h| {
-        range_u64(errs, &format!("{path}.hedge_after_ms"), h, 1, 3_600_000);
-        // Refused rather than silently ignored until the sidecar sends hedges.
-        errs.push(InvalidField::new(
-            &format!("{path}.hedge_after_ms"),
-            "hedging is not supported by this sidecar yet; remove the field",
-        ));
-    });
+    let hedge_after_ms = raw
+        .hedge_after_ms
+        .map(|h| range_u64(errs, &format!("{path}.hedge_after_ms"), h, 1, 3_600_000));
     Retries {
         attempts,
         on,

@@ -237,7 +237,7 @@ lb = "ring-hash"
 hash_header = "X-User-Id"
 panic_threshold_percent = 30
 health_check = { kind = "http", path = "/ready", interval_ms = 200, healthy = 1, unhealthy = 2 }
-retries = { attempts = 3, budget = { ratio = 0.1, min_per_s = 5 }, max_body_bytes = 1024 }
+retries = { attempts = 3, budget = { ratio = 0.1, min_per_s = 5 }, max_body_bytes = 1024, hedge_after_ms = 50 }
 breaker = { max_pending = 0, max_ejection_ms = 60000 }
 [services.c]
 endpoints = "dns:c:1"
@@ -259,6 +259,7 @@ health_check = { kind = "tcp" }
         b.retries.budget.window_ms, 10_000,
         "window defaults to 10 s"
     );
+    assert_eq!(b.retries.hedge_after_ms, Some(50));
     assert_eq!(b.breaker.max_pending, 0);
     assert_eq!(b.breaker.max_ejection_ms, 60_000);
     let hc = b.health_check.as_ref().unwrap();
@@ -314,7 +315,7 @@ hash_header = "x"
         "services.b.panic_threshold_percent: must be 0..=100, got 101",
         "services.b.retries.budget.ratio: must be between 0 and 10, got -1",
         "services.b.retries.budget.window_ms: must be 1000..=600000, got 5",
-        "services.b.retries.hedge_after_ms: hedging is not supported by this sidecar yet",
+        "services.b.retries.hedge_after_ms: (100) must be less than timeouts.request_ms (100)",
         "services.b.breaker.max_ejection_ms: (10) must be at least base_ejection_ms (1000)",
         "services.b.health_check.kind: unknown kind \"udp\"",
         "services.b.health_check.interval_ms: must be 10..=3600000, got 0",

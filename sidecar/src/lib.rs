@@ -16,6 +16,7 @@
 //! - `retry`, `breaker`, `limits`, `select`: the policies, pure state machines: retry decision,
 //!   backoff and budget; per-endpoint ejection; concurrency limits; endpoint selection;
 //! - `health`: active health checks;
+//! - `hedge`: hedged requests, served with Pingora's connector outside the proxy loop;
 //! - `admin`: the admin HTTP server;
 //! - `ports`: binding listeners on port 0 and announcing the real ports.
 
@@ -24,6 +25,7 @@ pub mod balancer;
 pub mod breaker;
 pub mod config;
 pub mod health;
+pub mod hedge;
 pub mod inbound;
 pub mod limits;
 pub mod outbound;

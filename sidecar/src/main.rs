@@ -67,7 +67,7 @@ fn run(args: Args) -> anyhow::Result<()> {
 
     let mut out_svc = http_proxy_service_with_name(
         &server.configuration,
-        Outbound { mesh: mesh.clone() },
+        Outbound::new(mesh.clone()),
         "outbound",
     );
     out_svc.add_tcp_with_settings(

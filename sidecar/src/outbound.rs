@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use http::header::{self, HeaderName};
+use pingora_core::connectors::http::Connector;
 use pingora_core::protocols::http::authority::{raw_target_authority, RawTargetAuthority};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
@@ -27,6 +28,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use rand::Rng;
 
 use crate::balancer::with_rng;
+use crate::hedge;
 use crate::limits::Permit;
 use crate::reason::{self, Reason};
 use crate::retry::{
@@ -40,6 +42,25 @@ const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
 
 pub struct Outbound {
     pub mesh: Arc<Mesh>,
+    /// Connections of hedged requests, which are served outside Pingora's proxy loop.
+    pub hedger: Connector,
+}
+
+impl Outbound {
+    pub fn new(mesh: Arc<Mesh>) -> Self {
+        Outbound {
+            mesh,
+            hedger: Connector::new(None),
+        }
+    }
+}
+
+/// The request's authority as a header value: the absolute-form target's, else the Host.
+fn authority_value(req: &RequestHeader) -> Option<http::HeaderValue> {
+    match raw_target_authority(req.raw_path()).authority() {
+        Some(a) => http::HeaderValue::from_bytes(a).ok(),
+        None => req.headers.get(header::HOST).cloned(),
+    }
 }
 
 /// Per-request state, alive across every attempt of one downstream request.
@@ -302,6 +323,21 @@ impl ProxyHttp for Outbound {
             .is_some_and(|len| len > policy.retries.max_body_bytes);
         ctx.body_replayable = !chunked && !too_big;
         route.budget.on_request(now);
+        if let Some(after) = hedge::wants_hedge(&route, session.req_header()) {
+            let host =
+                authority_value(session.req_header()).unwrap_or(http::HeaderValue::from_static(""));
+            let served =
+                hedge::serve(&self.hedger, session, &route, &host, ctx.deadline, after).await;
+            ctx.route = Some(route);
+            match served {
+                Ok(attempts) => ctx.attempts = attempts,
+                Err(f) => {
+                    ctx.attempts = f.attempts;
+                    self.answer(session, f.reason, &f.detail, f.attempts).await;
+                }
+            }
+            return Ok(true);
+        }
         ctx.route = Some(route);
         Ok(false)
     }

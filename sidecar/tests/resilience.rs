@@ -1045,3 +1045,83 @@ fn ring_hash_keeps_each_user_on_one_replica_and_moves_only_the_removed_ones_user
         share * 100.0
     );
 }
+
+#[test]
+fn a_hedge_to_another_replica_answers_for_a_slow_one_within_the_budget() {
+    // Two replicas, one 500 ms slow; hedge after 50 ms, round-robin so half the requests go to
+    // the slow one first. The breaker stays out of the way so the slow one stays in rotation.
+    let mesh = Mesh::start(
+        "hedge",
+        &[&["--latency-ms", "500"], &["--latency-ms", "0"]],
+        "lb = \"round-robin\"\n\
+         timeouts = { connect_ms = 200, request_ms = 5000 }\n\
+         retries = { hedge_after_ms = 50, budget = { ratio = 1.0, min_per_s = 100 } }\n\
+         breaker = { consecutive_failures = 1000 }",
+    );
+    let slow = &mesh.replicas[0];
+    let mut hedged = 0;
+    for i in 0..20 {
+        let t0 = Instant::now();
+        let r = mesh.get(&format!("/hedge/{i}"));
+        let took = t0.elapsed();
+        assert_eq!(r.status, 200, "request {i} succeeds: {r:?}");
+        assert_ne!(
+            instance_of(&r),
+            slow.instance,
+            "request {i}: the fast replica always answers first"
+        );
+        assert!(
+            took < Duration::from_millis(400),
+            "request {i} took {took:?}: the hedge answered, not the slow try"
+        );
+        if r.header("x-mesh-hedged") == Some("1") {
+            hedged += 1;
+            assert_eq!(attempts_of(&r), 2, "a hedged request made two tries");
+            assert!(
+                took >= Duration::from_millis(50),
+                "the hedge went out only after 50 ms: {took:?}"
+            );
+        }
+    }
+    // Round-robin hands the hedge the next slot, so the next request starts on the slow
+    // replica again: at least the half that round-robin alone sends there are hedged.
+    assert!(
+        hedged >= 10,
+        "at least half the requests were hedged, got {hedged} of 20"
+    );
+    let body = mesh.call("POST", "/not-hedged", &[], b"x");
+    assert_eq!(
+        body.status, 200,
+        "a POST is served on the normal path: {body:?}"
+    );
+    assert!(
+        body.header("x-mesh-hedged").is_none(),
+        "a request with a body is never hedged"
+    );
+
+    // With no budget left for hedges, requests that went to the slow replica wait for it.
+    mesh.set_table(
+        2,
+        &mesh.inbound(),
+        "lb = \"round-robin\"\n\
+         timeouts = { connect_ms = 200, request_ms = 5000 }\n\
+         retries = { hedge_after_ms = 50, budget = { ratio = 0.0, min_per_s = 0 } }\n\
+         breaker = { consecutive_failures = 1000 }",
+    );
+    let mut slow_answers = 0;
+    for i in 0..4 {
+        let r = mesh.get(&format!("/no-budget/{i}"));
+        assert_eq!(r.status, 200, "request {i} succeeds: {r:?}");
+        assert!(
+            r.header("x-mesh-hedged").is_none(),
+            "no hedge without budget: {r:?}"
+        );
+        if instance_of(&r) == slow.instance {
+            slow_answers += 1;
+        }
+    }
+    assert!(
+        slow_answers >= 1,
+        "without budget the slow replica answers its share itself"
+    );
+}
