@@ -1125,3 +1125,69 @@ fn a_hedge_to_another_replica_answers_for_a_slow_one_within_the_budget() {
         "without budget the slow replica answers its share itself"
     );
 }
+
+fn healthy_of(mesh: &Mesh, addr: SocketAddr) -> bool {
+    let eps = admin_json(&mesh.client, "/endpoints");
+    eps["services"]["b"]["load"]
+        .as_array()
+        .and_then(|l| l.iter().find(|e| e["addr"] == addr.to_string().as_str()))
+        .and_then(|e| e["healthy"].as_bool())
+        .unwrap_or_else(|| panic!("{addr} in /endpoints: {eps}"))
+}
+
+#[test]
+fn active_health_checks_take_a_hung_replica_out_and_bring_it_back() {
+    // Three replicas checked every 100 ms (GET /healthz through each replica's sidecar,
+    // 150 ms timeout); two failures in a row make an endpoint unhealthy, one pass brings it back.
+    // The breaker and retries are off, so only health checks can keep traffic away.
+    let mesh = Mesh::start(
+        "health",
+        &[&[], &[], &[]],
+        "lb = \"round-robin\"\n\
+         timeouts = { connect_ms = 200, request_ms = 3000 }\n\
+         retries = { attempts = 1 }\n\
+         breaker = { consecutive_failures = 1000 }\n\
+         health_check = { path = \"/healthz\", interval_ms = 100, timeout_ms = 150, healthy = 1, unhealthy = 2 }",
+    );
+    let hung = &mesh.replicas[1];
+    assert!(
+        healthy_of(&mesh, hung.inbound()),
+        "every replica starts healthy"
+    );
+
+    // The app hangs (SIGSTOP): its sidecar still accepts connections, but /healthz never answers.
+    hung.app.signal(libc::SIGSTOP);
+    wait_until(
+        "the hung replica to be marked unhealthy",
+        Duration::from_secs(5),
+        || !healthy_of(&mesh, hung.inbound()),
+    );
+    for i in 0..12 {
+        let r = mesh.get(&format!("/while-hung/{i}"));
+        assert_eq!(
+            r.status, 200,
+            "request {i} avoids the unhealthy replica: {r:?}"
+        );
+        assert_ne!(
+            instance_of(&r),
+            hung.instance,
+            "request {i} never reaches the hung replica"
+        );
+    }
+
+    // It recovers: the next passing check puts it back in rotation.
+    hung.app.signal(libc::SIGCONT);
+    wait_until(
+        "the replica to be healthy again",
+        Duration::from_secs(5),
+        || healthy_of(&mesh, hung.inbound()),
+    );
+    let back = (0..12)
+        .map(|i| mesh.get(&format!("/after/{i}")))
+        .filter(|r| instance_of(r) == hung.instance)
+        .count();
+    assert!(
+        back >= 2,
+        "the recovered replica takes its share again, got {back} of 12"
+    );
+}
