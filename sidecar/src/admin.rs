@@ -39,6 +39,7 @@ pub fn app(state: AdminState) -> Router {
         .route("/config", get(config))
         .route("/endpoints", get(endpoints))
         .route("/breakers", get(breakers))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
@@ -48,6 +49,7 @@ async fn index() -> &'static str {
      /ready      200 once a routing table is loaded and the listeners accept\n\
      /config     the active routing table, its version and source, the last poll and its error\n\
      /endpoints  per service: balancer, endpoints (in flight, latency estimate), last DNS resolution\n\
+     /metrics    Prometheus metrics (text format)\n\
      /breakers   per service: each endpoint's breaker (closed, open, half-open), concurrency in use and its limit, retry budget\n"
 }
 
@@ -115,6 +117,17 @@ async fn endpoints(State(s): State<AdminState>) -> Json<serde_json::Value> {
         }
     }
     Json(json!({ "services": services }))
+}
+
+async fn metrics(State(s): State<AdminState>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        s.mesh.metrics.render(&s.mesh),
+    )
+        .into_response()
 }
 
 async fn breakers(State(s): State<AdminState>) -> Json<serde_json::Value> {

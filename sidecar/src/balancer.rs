@@ -124,7 +124,7 @@ pub struct Balancer {
     set: ArcSwap<EndpointSet>,
     pub breakers: Breakers,
     dynamic: bool,
-    /// Serialises refreshes: discovery and the set rebuild must not interleave.
+    /// Held by the refresh in progress: discovery and the set rebuild must not interleave.
     refreshing: tokio::sync::Mutex<()>,
 }
 
@@ -183,7 +183,10 @@ impl Balancer {
 
     /// Runs discovery; on error the previous endpoints stay.
     pub async fn refresh(&self) {
-        let _one = self.refreshing.lock().await;
+        // One refresh at a time; a round that finds one still running skips.
+        let Ok(_one) = self.refreshing.try_lock() else {
+            return;
+        };
         match self.discovery.discover().await {
             Ok((found, _)) => {
                 let addrs: Vec<SocketAddr> = found

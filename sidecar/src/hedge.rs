@@ -118,10 +118,8 @@ fn connection_nominated(req: &RequestHeader) -> Vec<String> {
 
 fn report(route: &ServiceRoute, t: &Try, failure: bool, now: Instant) {
     let addr = t.chosen.endpoint.addr;
-    route
-        .balancer
-        .breakers
-        .on_result(addr, now, failure, t.chosen.probe);
+    route.breaker_result(addr, now, failure, t.chosen.probe);
+    route.metrics.attempt(if failure { 1 } else { 0 });
     if !failure {
         t.chosen
             .endpoint
@@ -261,6 +259,7 @@ pub async fn serve(
                 }
                 Some(chosen) => {
                     attempts = 2;
+                    route.metrics.retry(4);
                     let left = deadline.saturating_duration_since(now);
                     let _load_b = chosen.endpoint.start();
                     let b = Try {

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -14,6 +14,7 @@ use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::ResponseHeader;
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::metrics::RouteMetrics;
 use crate::outbound::caller_deadline;
 use crate::outbound::strip_response_hop_by_hop;
 use crate::reason::{self, Reason};
@@ -32,6 +33,15 @@ pub fn with_grace(left: Duration) -> Duration {
 pub struct Inbound {
     pub mesh: Arc<Mesh>,
     pub app: SocketAddr,
+    pub metrics: RouteMetrics,
+}
+
+/// Per-request state of the inbound side.
+pub struct InboundCtx {
+    /// What is left of the caller's deadline, when it sent one.
+    deadline: Option<Duration>,
+    started: Instant,
+    answered: Option<Reason>,
 }
 
 impl Inbound {
@@ -48,20 +58,21 @@ impl Inbound {
 
 #[async_trait]
 impl ProxyHttp for Inbound {
-    /// What is left of the caller's deadline, when it sent one.
-    type CTX = Option<Duration>;
+    type CTX = InboundCtx;
 
-    fn new_ctx(&self) -> Option<Duration> {
-        None
+    fn new_ctx(&self) -> InboundCtx {
+        InboundCtx {
+            deadline: None,
+            started: Instant::now(),
+            answered: None,
+        }
     }
 
-    async fn request_filter(
-        &self,
-        session: &mut Session,
-        ctx: &mut Option<Duration>,
-    ) -> Result<bool> {
-        *ctx = caller_deadline(session.req_header());
-        if ctx.is_some_and(|d| d.is_zero()) {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut InboundCtx) -> Result<bool> {
+        ctx.deadline = caller_deadline(session.req_header());
+        if ctx.deadline.is_some_and(|d| d.is_zero()) {
+            self.metrics.timeout(3);
+            ctx.answered = Some(Reason::DeadlineExceeded);
             // The caller has given up already: do no work for it.
             let detail = format!(
                 "the caller's deadline passed before service {} was called",
@@ -79,9 +90,9 @@ impl ProxyHttp for Inbound {
     async fn upstream_peer(
         &self,
         _session: &mut Session,
-        ctx: &mut Option<Duration>,
+        ctx: &mut InboundCtx,
     ) -> Result<Box<HttpPeer>> {
-        let timeout = match *ctx {
+        let timeout = match ctx.deadline {
             Some(left) => with_grace(left).min(self.app_timeout()),
             None => self.app_timeout(),
         };
@@ -93,11 +104,23 @@ impl ProxyHttp for Inbound {
         Ok(Box::new(peer))
     }
 
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut InboundCtx) {
+        let status = session
+            .as_ref()
+            .response_written()
+            .map(|r| r.status.as_u16());
+        self.metrics
+            .request(status, ctx.started.elapsed().as_secs_f64());
+        if let Some(reason) = ctx.answered {
+            self.metrics.error(reason.token());
+        }
+    }
+
     async fn response_filter(
         &self,
         _session: &mut Session,
         upstream_response: &mut ResponseHeader,
-        _ctx: &mut Option<Duration>,
+        _ctx: &mut InboundCtx,
     ) -> Result<()> {
         strip_response_hop_by_hop(upstream_response);
         Ok(())
@@ -107,7 +130,7 @@ impl ProxyHttp for Inbound {
         &self,
         session: &mut Session,
         e: &Error,
-        ctx: &mut Option<Duration>,
+        ctx: &mut InboundCtx,
     ) -> FailToProxy {
         if *e.esource() == ErrorSource::Downstream {
             let code = match e.etype() {
@@ -122,7 +145,9 @@ impl ProxyHttp for Inbound {
                 can_reuse_downstream: false,
             };
         }
-        let deadline_bound = ctx.is_some_and(|left| with_grace(left) < self.app_timeout());
+        let deadline_bound = ctx
+            .deadline
+            .is_some_and(|left| with_grace(left) < self.app_timeout());
         let reason = match e.etype() {
             ErrorType::ConnectTimedout
             | ErrorType::ConnectRefused
@@ -134,6 +159,7 @@ impl ProxyHttp for Inbound {
             ErrorType::ReadTimedout | ErrorType::WriteTimedout => Reason::PerTryTimeout,
             _ => Reason::UpstreamReset,
         };
+        ctx.answered = Some(reason);
         let detail = format!("app {} of service {}: {e}", self.app, self.mesh.service);
         let (h, body) = reason::response(reason, "inbound", &detail, 0);
         let status = reason.status();

@@ -17,6 +17,7 @@
 //!   backoff and budget; per-endpoint ejection; concurrency limits; endpoint selection;
 //! - `health`: active health checks;
 //! - `hedge`: hedged requests, served with Pingora's connector outside the proxy loop;
+//! - `metrics`: the Prometheus families, resolved per route so the hot path only touches atomics;
 //! - `admin`: the admin HTTP server;
 //! - `ports`: binding listeners on port 0 and announcing the real ports.
 
@@ -28,6 +29,7 @@ pub mod health;
 pub mod hedge;
 pub mod inbound;
 pub mod limits;
+pub mod metrics;
 pub mod outbound;
 pub mod ports;
 pub mod reason;

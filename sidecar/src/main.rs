@@ -13,6 +13,7 @@ use sidecar::admin::{AdminService, AdminState};
 use sidecar::config::Args;
 use sidecar::health::HealthChecker;
 use sidecar::inbound::Inbound;
+use sidecar::metrics::Metrics;
 use sidecar::outbound::Outbound;
 use sidecar::ports::{reserve, Announcer};
 use sidecar::routes::Mesh;
@@ -45,7 +46,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         (None, Some(path)) => Origin::File { path: path.clone() },
         (None, None) => unreachable!("Args::check requires a source"),
     };
-    let mesh = Mesh::new(args.service.clone(), args.env.clone(), origin.describe());
+    let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+    let mesh = Mesh::new(
+        args.service.clone(),
+        args.env.clone(),
+        origin.describe(),
+        metrics.clone(),
+    );
 
     let outbound =
         reserve(args.outbound).with_context(|| format!("--outbound {}", args.outbound))?;
@@ -79,6 +86,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         Inbound {
             mesh: mesh.clone(),
             app: args.app,
+            metrics: metrics.route("inbound", &args.service, &args.service),
         },
         "inbound",
     );

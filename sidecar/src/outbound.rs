@@ -30,6 +30,7 @@ use rand::Rng;
 use crate::balancer::with_rng;
 use crate::hedge;
 use crate::limits::Permit;
+use crate::metrics::RouteMetrics;
 use crate::reason::{self, Reason};
 use crate::retry::{
     backoff, decide, is_idempotent, parse_retry_after, retry_delay, Attempt, Outcome, Refusal,
@@ -44,13 +45,17 @@ pub struct Outbound {
     pub mesh: Arc<Mesh>,
     /// Connections of hedged requests, which are served outside Pingora's proxy loop.
     pub hedger: Connector,
+    /// Metrics of requests that named no known service.
+    unrouted: RouteMetrics,
 }
 
 impl Outbound {
     pub fn new(mesh: Arc<Mesh>) -> Self {
+        let unrouted = mesh.metrics.route("outbound", &mesh.service, "_unknown");
         Outbound {
             mesh,
             hedger: Connector::new(None),
+            unrouted,
         }
     }
 }
@@ -86,6 +91,10 @@ pub struct OutboundCtx {
     retry_after: Option<Duration>,
     /// Why the last failed attempt was not retried.
     refusal: Option<Refusal>,
+    /// When the request arrived.
+    started: Instant,
+    /// The reason of a response the sidecar made itself.
+    answered: Option<Reason>,
 }
 
 struct Attempting {
@@ -183,7 +192,15 @@ fn connection_nominations(resp: &ResponseHeader) -> impl Iterator<Item = &[u8]> 
 }
 
 impl Outbound {
-    async fn answer(&self, session: &mut Session, reason: Reason, detail: &str, attempts: u32) {
+    async fn answer(
+        &self,
+        session: &mut Session,
+        ctx: &mut OutboundCtx,
+        reason: Reason,
+        detail: &str,
+        attempts: u32,
+    ) {
+        ctx.answered = Some(reason);
         let (h, body) = reason::response(reason, "outbound", detail, attempts);
         if let Err(e) = session.as_mut().write_error_response(h, body).await {
             tracing::debug!(error = %e, "could not send the error response downstream");
@@ -204,7 +221,7 @@ impl OutboundCtx {
             if !a.reported {
                 let route = self.route.as_ref().expect("route set");
                 if count_for_breaker {
-                    route.balancer.breakers.on_result(addr, now, true, a.probe);
+                    route.breaker_result(addr, now, true, a.probe);
                 } else if a.probe {
                     route.balancer.breakers.on_probe_cancelled(addr, now);
                 }
@@ -234,7 +251,15 @@ impl OutboundCtx {
             retries: &route.policy.retries,
         };
         match decide(&attempt, &route.budget, now) {
-            Ok(()) => true,
+            Ok(()) => {
+                route.metrics.retry(match outcome {
+                    Outcome::Status(_) | Outcome::Success => 0,
+                    Outcome::ConnectFailure => 1,
+                    Outcome::Reset => 2,
+                    Outcome::Timeout => 3,
+                });
+                true
+            }
             Err(r) => {
                 self.refusal = Some(r);
                 route.count_refusal(r);
@@ -262,18 +287,27 @@ impl ProxyHttp for Outbound {
             try_is_deadline: false,
             retry_after: None,
             refusal: None,
+            started: Instant::now(),
+            answered: None,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut OutboundCtx) -> Result<bool> {
         let Some(routes) = self.mesh.routes() else {
-            self.answer(session, Reason::NoTable, "no routing table loaded yet", 0)
-                .await;
+            self.answer(
+                session,
+                ctx,
+                Reason::NoTable,
+                "no routing table loaded yet",
+                0,
+            )
+            .await;
             return Ok(true);
         };
         let Some(host) = authority_host(session.req_header()) else {
             let detail = "the request names no service: send a Host header or an absolute URI";
-            self.answer(session, Reason::BadRequest, detail, 0).await;
+            self.answer(session, ctx, Reason::BadRequest, detail, 0)
+                .await;
             return Ok(true);
         };
         let Some(route) = routes.lookup(host) else {
@@ -282,7 +316,7 @@ impl ProxyHttp for Outbound {
                 routes.table.version,
                 routes.names()
             );
-            self.answer(session, Reason::UnknownService, &detail, 0)
+            self.answer(session, ctx, Reason::UnknownService, &detail, 0)
                 .await;
             return Ok(true);
         };
@@ -294,11 +328,12 @@ impl ProxyHttp for Outbound {
         let mut budget = policy.timeouts.request();
         if let Some(left) = caller_deadline(session.req_header()) {
             if left.is_zero() {
+                route.metrics.timeout(3);
                 let detail = format!(
                     "the caller's deadline for service {} has already passed",
                     route.name
                 );
-                self.answer(session, Reason::DeadlineExceeded, &detail, 0)
+                self.answer(session, ctx, Reason::DeadlineExceeded, &detail, 0)
                     .await;
                 return Ok(true);
             }
@@ -308,7 +343,8 @@ impl ProxyHttp for Outbound {
         match route.limit.acquire(budget).await {
             Ok(permit) => ctx._permit = Some(permit),
             Err(overflow) => {
-                self.answer(session, Reason::Overflow, &overflow.to_string(), 0)
+                route.metrics.overflows.inc();
+                self.answer(session, ctx, Reason::Overflow, &overflow.to_string(), 0)
                     .await;
                 return Ok(true);
             }
@@ -333,7 +369,8 @@ impl ProxyHttp for Outbound {
                 Ok(attempts) => ctx.attempts = attempts,
                 Err(f) => {
                     ctx.attempts = f.attempts;
-                    self.answer(session, f.reason, &f.detail, f.attempts).await;
+                    self.answer(session, ctx, f.reason, &f.detail, f.attempts)
+                        .await;
                 }
             }
             return Ok(true);
@@ -423,6 +460,11 @@ impl ProxyHttp for Outbound {
         mut e: Box<Error>,
     ) -> Box<Error> {
         let now = Instant::now();
+        let m = &ctx.route().metrics;
+        m.attempt(2);
+        if matches!(e.etype(), ErrorType::ConnectTimedout) {
+            m.timeout(0);
+        }
         ctx.fail_attempt(now, true);
         ctx.reason = Some(Reason::ConnectFailure);
         // Nothing was sent: any method may be retried.
@@ -456,6 +498,18 @@ impl ProxyHttp for Outbound {
             (false, _) => Reason::UpstreamReset,
         };
         ctx.reason = Some(reason);
+        let m = &ctx.route().metrics;
+        match reason {
+            Reason::RequestTimeout => {
+                m.attempt(4);
+                m.timeout(2);
+            }
+            Reason::PerTryTimeout => {
+                m.attempt(4);
+                m.timeout(1);
+            }
+            _ => m.attempt(3),
+        }
         // A pooled connection the endpoint had already closed is not the endpoint's failure.
         ctx.fail_attempt(now, !client_reused);
         if session.as_ref().response_written().is_some() {
@@ -520,12 +574,10 @@ impl ProxyHttp for Outbound {
         if let Some(a) = ctx.current.as_mut() {
             let ep = a.guard.endpoint();
             if !a.reported {
-                route
-                    .balancer
-                    .breakers
-                    .on_result(ep.addr, now, failure, a.probe);
+                route.breaker_result(ep.addr, now, failure, a.probe);
                 a.reported = true;
             }
+            route.metrics.attempt(if failure { 1 } else { 0 });
             ep.observe_latency(now.saturating_duration_since(a.started), now);
         }
         if !failure || !route.policy.retries.retries_status(status) {
@@ -578,7 +630,16 @@ impl ProxyHttp for Outbound {
         matches!(error.etype(), ErrorType::Custom(RETRY_STATUS))
     }
 
-    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut OutboundCtx) {
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut OutboundCtx) {
+        let status = session
+            .as_ref()
+            .response_written()
+            .map(|r| r.status.as_u16());
+        let m = ctx.route.as_ref().map_or(&self.unrouted, |r| &r.metrics);
+        m.request(status, ctx.started.elapsed().as_secs_f64());
+        if let Some(reason) = ctx.answered {
+            m.error(reason.token());
+        }
         // A probe whose outcome never arrived must not wedge its endpoint's breaker.
         if let Some(a) = ctx.current.take() {
             if a.probe && !a.reported {
@@ -638,7 +699,8 @@ impl ProxyHttp for Outbound {
             ),
         };
         let status = reason.status();
-        self.answer(session, reason, &detail, ctx.attempts).await;
+        let attempts = ctx.attempts;
+        self.answer(session, ctx, reason, &detail, attempts).await;
         FailToProxy {
             error_code: status,
             can_reuse_downstream: false,

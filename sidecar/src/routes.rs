@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::balancer::Balancer;
 use crate::limits::ConcurrencyLimit;
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::retry::{Refusal, RetryBudget};
 use pingora_load_balancing::health_check::HealthCheck;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,12 +30,29 @@ pub struct ServiceRoute {
     pub health: Option<Arc<dyn HealthCheck + Send + Sync>>,
     /// Retries refused, by reason (index: `Refusal::ALL`).
     pub refusals: [AtomicU64; 6],
+    pub metrics: RouteMetrics,
 }
 
 impl ServiceRoute {
     pub fn count_refusal(&self, r: Refusal) {
         if let Some(i) = Refusal::ALL.iter().position(|x| *x == r) {
             self.refusals[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.metrics.refusal(r);
+    }
+
+    /// Tells the endpoint's breaker how a try went, counting ejections.
+    pub fn breaker_result(
+        &self,
+        addr: std::net::SocketAddr,
+        now: std::time::Instant,
+        failure: bool,
+        probe: bool,
+    ) {
+        if let Some(t) = self.balancer.breakers.on_result(addr, now, failure, probe) {
+            if !matches!(t, crate::breaker::Transition::Closed) {
+                self.metrics.ejections.inc();
+            }
         }
     }
 
@@ -58,7 +76,7 @@ impl Routes {
     /// Builds the state of every service and runs its first discovery. A service whose policy
     /// is unchanged from `previous` keeps its whole state (breakers, budget, limits, endpoint
     /// load); a changed one keeps the load and latency estimates of the endpoints that stay.
-    pub async fn build(table: Table, previous: Option<&Routes>) -> Routes {
+    pub async fn build(table: Table, previous: Option<&Routes>, mesh: &Mesh) -> Routes {
         let mut services = HashMap::with_capacity(table.services.len());
         for (name, svc) in &table.services {
             let prev = previous.and_then(|p| p.services.get(name));
@@ -67,27 +85,31 @@ impl Routes {
                 continue;
             }
             let balancer = Balancer::new(svc, prev.map(|p| &p.balancer));
-            balancer.refresh().await;
+            if !balancer.is_dynamic() {
+                // A list of addresses resolves at once.
+                balancer.refresh().await;
+            }
             let b = &svc.retries.budget;
-            services.insert(
-                name.clone(),
-                Arc::new(ServiceRoute {
-                    name: name.clone(),
-                    policy: svc.clone(),
-                    balancer,
-                    limit: ConcurrencyLimit::from_table(name.as_str(), &svc.breaker),
-                    budget: RetryBudget::new(
-                        b.ratio,
-                        b.min_per_s,
-                        Duration::from_millis(b.window_ms),
-                    ),
-                    health: svc
-                        .health_check
-                        .as_ref()
-                        .map(|h| crate::health::checker(name, h)),
-                    refusals: Default::default(),
-                }),
-            );
+            let route = Arc::new(ServiceRoute {
+                name: name.clone(),
+                policy: svc.clone(),
+                balancer,
+                limit: ConcurrencyLimit::from_table(name.as_str(), &svc.breaker),
+                budget: RetryBudget::new(b.ratio, b.min_per_s, Duration::from_millis(b.window_ms)),
+                health: svc
+                    .health_check
+                    .as_ref()
+                    .map(|h| crate::health::checker(name, h)),
+                refusals: Default::default(),
+                metrics: mesh.metrics.route("outbound", &mesh.service, name),
+            });
+            if route.balancer.is_dynamic() {
+                // DNS can be slow (seconds per name without a resolver): the table is installed
+                // at once, keeping the endpoints the service had, and names resolve beside it.
+                let resolving = route.clone();
+                tokio::spawn(async move { resolving.balancer.refresh().await });
+            }
+            services.insert(name.clone(), route);
         }
         Routes { table, services }
     }
@@ -152,15 +174,17 @@ fn time<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::
 pub struct Mesh {
     pub service: String,
     pub env: String,
+    pub metrics: Arc<Metrics>,
     routes: ArcSwapOption<Routes>,
     status: Mutex<SourceStatus>,
 }
 
 impl Mesh {
-    pub fn new(service: String, env: String, source: String) -> Arc<Mesh> {
+    pub fn new(service: String, env: String, source: String, metrics: Arc<Metrics>) -> Arc<Mesh> {
         Arc::new(Mesh {
             service,
             env,
+            metrics,
             routes: ArcSwapOption::empty(),
             status: Mutex::new(SourceStatus {
                 source,
@@ -200,9 +224,18 @@ endpoints = ["127.0.0.1:9001"]
 endpoints = ["127.0.0.1:9002"]
 "#;
 
+    fn test_mesh() -> Arc<Mesh> {
+        Mesh::new(
+            "a".into(),
+            "dev".into(),
+            "test".into(),
+            Arc::new(Metrics::new().unwrap()),
+        )
+    }
+
     #[tokio::test]
     async fn lookup_by_name_and_cluster_dns_name() {
-        let r = Routes::build(Table::from_toml_str(TABLE).unwrap(), None).await;
+        let r = Routes::build(Table::from_toml_str(TABLE).unwrap(), None, &test_mesh()).await;
         assert!(r.lookup("b").is_some(), "exact service name");
         assert!(r.lookup("c-api").is_some(), "names with dashes");
         assert!(
@@ -223,12 +256,17 @@ endpoints = ["127.0.0.1:9002"]
 
     #[tokio::test]
     async fn install_swaps_whole_tables_and_old_readers_keep_theirs() {
-        let mesh = Mesh::new("a".into(), "dev".into(), "test".into());
+        let mesh = Mesh::new(
+            "a".into(),
+            "dev".into(),
+            "test".into(),
+            Arc::new(Metrics::new().unwrap()),
+        );
         assert!(mesh.routes().is_none(), "no routes before the first table");
-        mesh.install(Routes::build(Table::from_toml_str(TABLE).unwrap(), None).await);
+        mesh.install(Routes::build(Table::from_toml_str(TABLE).unwrap(), None, &mesh).await);
         let held = mesh.routes().expect("routes after install");
         let next = TABLE.replace("version = 3", "version = 4");
-        mesh.install(Routes::build(Table::from_toml_str(&next).unwrap(), Some(&held)).await);
+        mesh.install(Routes::build(Table::from_toml_str(&next).unwrap(), Some(&held), &mesh).await);
         assert_eq!(
             held.table.version, 3,
             "an in-flight request keeps its table"

@@ -147,7 +147,7 @@ impl TableSource {
                         st.rejected = false;
                         let version = table.version;
                         let previous = self.mesh.routes();
-                        let routes = Routes::build(table, previous.as_deref()).await;
+                        let routes = Routes::build(table, previous.as_deref(), &self.mesh).await;
                         self.mesh.install(routes);
                         tracing::info!(version, source = %self.origin.describe(), "routing table installed");
                         let etag = st.etag.clone();
@@ -206,10 +206,14 @@ impl TableSource {
         }
     }
 
-    async fn refresh_dns(&self) {
+    /// Re-resolves every DNS service concurrently, beside the polling (a slow resolver must
+    /// not delay tables). A refresh still running from the last round is not started twice:
+    /// `Balancer::refresh` serialises itself.
+    fn refresh_dns(&self) {
         if let Some(routes) = self.mesh.routes() {
             for r in routes.services().filter(|r| r.balancer.is_dynamic()) {
-                r.balancer.refresh().await;
+                let r = r.clone();
+                tokio::spawn(async move { r.balancer.refresh().await });
             }
         }
     }
@@ -255,7 +259,7 @@ impl BackgroundService for TableSource {
         loop {
             tokio::select! {
                 _ = poll.tick() => { self.poll_once().await; }
-                _ = dns.tick() => self.refresh_dns().await,
+                _ = dns.tick() => self.refresh_dns(),
                 _ = shutdown.changed() => return,
             }
         }

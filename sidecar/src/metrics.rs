@@ -1,0 +1,291 @@
+//! The sidecar's Prometheus metrics: one registry made in `main`, families registered here.
+//!
+//! Hot-path cost: every label set a request touches is resolved once, when a route is built
+//! ([`RouteMetrics`]), so a request increments atomics and observes a histogram without a
+//! lookup, a lock or an allocation. Label values are bounded: directions, service names from
+//! the table, status classes, fixed reason lists, and endpoints (bounded by the table). Gauges
+//! that mirror state (breakers, endpoints, the table) are set when `/metrics` is scraped.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::retry::Refusal;
+use crate::routes::Mesh;
+
+/// Request-duration buckets: 0.5 ms to 10 s.
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Status classes in label order: 1xx..5xx, then "error" for no response at all.
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+/// Attempt results.
+pub const ATTEMPT_RESULTS: [&str; 5] = [
+    "success",
+    "failure_status",
+    "connect_failure",
+    "reset",
+    "timeout",
+];
+/// What a retry was for.
+pub const RETRY_REASONS: [&str; 5] = ["status", "connect_failure", "reset", "timeout", "hedge"];
+/// Timeout kinds.
+pub const TIMEOUT_KINDS: [&str; 4] = ["connect", "per_try", "request", "deadline"];
+
+pub struct Metrics {
+    pub registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    attempts: IntCounterVec,
+    retries: IntCounterVec,
+    refusals: IntCounterVec,
+    timeouts: IntCounterVec,
+    errors: IntCounterVec,
+    ejections: IntCounterVec,
+    overflows: IntCounterVec,
+    breaker_state: IntGaugeVec,
+    endpoints: IntGaugeVec,
+    table_version: IntGauge,
+    polls: IntGauge,
+    poll_errors: IntGauge,
+    tables_rejected: IntGauge,
+}
+
+/// The handles one route's requests use, resolved once.
+pub struct RouteMetrics {
+    class: [IntCounter; 6],
+    duration: Histogram,
+    attempts: [IntCounter; 5],
+    retries: [IntCounter; 5],
+    refusals: [IntCounter; 6],
+    timeouts: [IntCounter; 4],
+    pub ejections: IntCounter,
+    pub overflows: IntCounter,
+    errors: IntCounterVec,
+    labels: [String; 3],
+}
+
+fn counter(
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    r: &Registry,
+) -> prometheus::Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn gauge_vec(
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    r: &Registry,
+) -> prometheus::Result<IntGaugeVec> {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn gauge(name: &str, help: &str, r: &Registry) -> prometheus::Result<IntGauge> {
+    let g = IntGauge::new(name, help)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+impl Metrics {
+    pub fn new() -> prometheus::Result<Metrics> {
+        let r = Registry::new();
+        let route = ["direction", "service", "upstream"];
+        let requests = counter(
+            "meshlab_requests_total",
+            "Requests through the sidecar, by direction, local service, upstream service and status class.",
+            &["direction", "service", "upstream", "class"],
+            &r,
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "meshlab_request_duration_seconds",
+                "Time from the request's arrival to the end of its response (or failure).",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &route,
+        )?;
+        r.register(Box::new(duration.clone()))?;
+        Ok(Metrics {
+            requests,
+            duration,
+            attempts: counter(
+                "meshlab_upstream_attempts_total",
+                "Tries sent to an endpoint, by how each ended.",
+                &["direction", "service", "upstream", "result"],
+                &r,
+            )?,
+            retries: counter(
+                "meshlab_retries_total",
+                "Retries (and hedges) sent, by what they were for.",
+                &["direction", "service", "upstream", "reason"],
+                &r,
+            )?,
+            refusals: counter(
+                "meshlab_retry_refusals_total",
+                "Failed tries not retried, by why (budget, attempts, not-idempotent, ...).",
+                &["direction", "service", "upstream", "reason"],
+                &r,
+            )?,
+            timeouts: counter(
+                "meshlab_timeouts_total",
+                "Timeouts by kind: connect, per_try, request, deadline.",
+                &["direction", "service", "upstream", "kind"],
+                &r,
+            )?,
+            errors: counter(
+                "meshlab_sidecar_errors_total",
+                "Responses the sidecar made itself, by x-mesh-error reason.",
+                &["direction", "service", "upstream", "reason"],
+                &r,
+            )?,
+            ejections: counter(
+                "meshlab_breaker_ejections_total",
+                "Endpoints ejected by their breaker (first ejections and re-ejections after a failed probe).",
+                &["direction", "service", "upstream"],
+                &r,
+            )?,
+            overflows: counter(
+                "meshlab_overflow_total",
+                "Requests refused at once by the concurrency limits.",
+                &["direction", "service", "upstream"],
+                &r,
+            )?,
+            breaker_state: gauge_vec(
+                "meshlab_breaker_state",
+                "Breaker state per endpoint: 0 closed, 1 open, 2 half-open.",
+                &["service", "upstream", "endpoint"],
+                &r,
+            )?,
+            endpoints: gauge_vec(
+                "meshlab_endpoints",
+                "Endpoints per upstream service by state: usable, unhealthy, ejected.",
+                &["service", "upstream", "state"],
+                &r,
+            )?,
+            table_version: gauge("meshlab_table_version", "Version of the active routing table.", &r)?,
+            polls: gauge("meshlab_table_polls", "Table fetches since start (control plane or file).", &r)?,
+            poll_errors: gauge(
+                "meshlab_table_poll_errors",
+                "Table fetches that failed (control plane unreachable, bad status).",
+                &r,
+            )?,
+            tables_rejected: gauge(
+                "meshlab_tables_rejected",
+                "Fetched tables rejected because they did not validate.",
+                &r,
+            )?,
+            registry: r,
+        })
+    }
+
+    /// Resolves every handle of one (direction, service, upstream).
+    pub fn route(&self, direction: &str, service: &str, upstream: &str) -> RouteMetrics {
+        let l = [direction, service, upstream];
+        let with = |v: &IntCounterVec, last: &str| v.with_label_values(&[l[0], l[1], l[2], last]);
+        RouteMetrics {
+            class: CLASSES.map(|c| with(&self.requests, c)),
+            duration: self.duration.with_label_values(&l),
+            attempts: ATTEMPT_RESULTS.map(|r| with(&self.attempts, r)),
+            retries: RETRY_REASONS.map(|r| with(&self.retries, r)),
+            refusals: Refusal::ALL.map(|r| with(&self.refusals, r.as_str())),
+            timeouts: TIMEOUT_KINDS.map(|k| with(&self.timeouts, k)),
+            ejections: self.ejections.with_label_values(&l),
+            overflows: self.overflows.with_label_values(&l),
+            errors: self.errors.clone(),
+            labels: l.map(str::to_owned),
+        }
+    }
+
+    /// The text exposition, with state gauges refreshed from `mesh`.
+    pub fn render(&self, mesh: &Mesh) -> String {
+        let now = std::time::Instant::now();
+        let st = mesh.status();
+        self.polls.set(st.polls as i64);
+        self.poll_errors.set(st.poll_errors as i64);
+        self.tables_rejected.set(st.tables_rejected as i64);
+        self.breaker_state.reset();
+        self.endpoints.reset();
+        if let Some(routes) = mesh.routes() {
+            self.table_version.set(routes.table.version as i64);
+            for r in routes.services() {
+                let svc = mesh.service.as_str();
+                let mut ejected = 0;
+                for b in r.balancer.breakers.snapshot(now) {
+                    let v = match b.state {
+                        "open" => 1,
+                        "half-open" => 2,
+                        _ => 0,
+                    };
+                    if v == 1 {
+                        ejected += 1;
+                    }
+                    self.breaker_state
+                        .with_label_values(&[svc, &r.name, &b.addr.to_string()])
+                        .set(v);
+                }
+                let set = r.balancer.set();
+                let unhealthy = set.endpoints().iter().filter(|e| !e.is_healthy()).count() as i64;
+                let total = set.len() as i64;
+                let g = |s: &str| self.endpoints.with_label_values(&[svc, &r.name, s]);
+                g("unhealthy").set(unhealthy);
+                g("ejected").set(ejected);
+                g("usable").set((total - unhealthy - ejected).max(0));
+            }
+        }
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl RouteMetrics {
+    /// One request done: its status (`None`: no response at all) and duration.
+    pub fn request(&self, status: Option<u16>, seconds: f64) {
+        let i = match status {
+            Some(s @ 100..=599) => usize::from(s / 100) - 1,
+            _ => 5,
+        };
+        self.class[i].inc();
+        self.duration.observe(seconds);
+    }
+
+    /// `result` indexes [`ATTEMPT_RESULTS`].
+    pub fn attempt(&self, result: usize) {
+        self.attempts[result].inc();
+    }
+
+    /// `reason` indexes [`RETRY_REASONS`].
+    pub fn retry(&self, reason: usize) {
+        self.retries[reason].inc();
+    }
+
+    pub fn refusal(&self, r: Refusal) {
+        if let Some(i) = Refusal::ALL.iter().position(|x| *x == r) {
+            self.refusals[i].inc();
+        }
+    }
+
+    /// `kind` indexes [`TIMEOUT_KINDS`].
+    pub fn timeout(&self, kind: usize) {
+        self.timeouts[kind].inc();
+    }
+
+    /// A response the sidecar made itself (error path only: resolves its label set here).
+    pub fn error(&self, reason: &str) {
+        let [d, s, u] = &self.labels;
+        self.errors
+            .with_label_values(&[d.as_str(), s.as_str(), u.as_str(), reason])
+            .inc();
+    }
+}
