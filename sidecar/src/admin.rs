@@ -34,7 +34,7 @@ pub struct AdminState {
 pub fn app(state: AdminState) -> Router {
     Router::new()
         .route("/", get(index))
-        .route("/live", get(|| async { "live\n" }))
+        .route("/live", get(|| async { Json(json!({ "live": true })) }))
         .route("/ready", get(ready))
         .route("/config", get(config))
         .route("/endpoints", get(endpoints))
@@ -57,7 +57,7 @@ async fn ready(State(s): State<AdminState>) -> Response {
     let table = s.mesh.routes().is_some();
     let listeners = s.listeners_up.load(Ordering::Acquire);
     if table && listeners {
-        return (StatusCode::OK, "ready\n").into_response();
+        return Json(json!({ "ready": true })).into_response();
     }
     let mut why = Vec::new();
     if !table {
@@ -75,7 +75,7 @@ async fn ready(State(s): State<AdminState>) -> Response {
     }
     (
         StatusCode::SERVICE_UNAVAILABLE,
-        format!("not ready: {}\n", why.join("; ")),
+        Json(json!({ "ready": false, "why": why })),
     )
         .into_response()
 }

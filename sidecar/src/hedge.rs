@@ -319,8 +319,9 @@ pub async fn serve(
         .clone();
     report(route, &winner, resp.status.as_u16() >= 500, now);
     strip_response_hop_by_hop(&mut resp);
+    let _ = resp.insert_header("x-mesh-attempts", crate::reason::attempts_value(attempts));
+    let _ = resp.insert_header("x-mesh-upstream", winner.chosen.endpoint.header.clone());
     if attempts > 1 {
-        let _ = resp.insert_header("x-mesh-attempts", attempts.to_string());
         let _ = resp.insert_header("x-mesh-hedged", "1");
     }
     let head = session.req_header().method == http::Method::HEAD;

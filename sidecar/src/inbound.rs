@@ -78,7 +78,13 @@ impl ProxyHttp for Inbound {
                 "the caller's deadline passed before service {} was called",
                 self.mesh.service
             );
-            let (h, body) = reason::response(Reason::DeadlineExceeded, "inbound", &detail, 0);
+            let (h, body) = reason::response(
+                Reason::DeadlineExceeded,
+                "inbound",
+                &self.mesh.service,
+                &detail,
+                0,
+            );
             if let Err(e) = session.as_mut().write_error_response(h, body).await {
                 tracing::debug!(error = %e, "could not send the error response downstream");
             }
@@ -161,7 +167,7 @@ impl ProxyHttp for Inbound {
         };
         ctx.answered = Some(reason);
         let detail = format!("app {} of service {}: {e}", self.app, self.mesh.service);
-        let (h, body) = reason::response(reason, "inbound", &detail, 0);
+        let (h, body) = reason::response(reason, "inbound", &self.mesh.service, &detail, 0);
         let status = reason.status();
         if let Err(e) = session.as_mut().write_error_response(h, body).await {
             tracing::debug!(error = %e, "could not send the error response downstream");

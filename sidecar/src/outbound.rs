@@ -201,7 +201,7 @@ impl Outbound {
         attempts: u32,
     ) {
         ctx.answered = Some(reason);
-        let (h, body) = reason::response(reason, "outbound", detail, attempts);
+        let (h, body) = reason::response(reason, "outbound", &self.mesh.service, detail, attempts);
         if let Err(e) = session.as_mut().write_error_response(h, body).await {
             tracing::debug!(error = %e, "could not send the error response downstream");
         }
@@ -613,8 +613,11 @@ impl ProxyHttp for Outbound {
         ctx: &mut OutboundCtx,
     ) -> Result<()> {
         strip_response_hop_by_hop(upstream_response);
-        if ctx.attempts > 1 {
-            upstream_response.insert_header("x-mesh-attempts", ctx.attempts.to_string())?;
+        // Which try answered and where: cached header values, no formatting per response.
+        upstream_response.insert_header("x-mesh-attempts", reason::attempts_value(ctx.attempts))?;
+        if let Some(a) = &ctx.current {
+            upstream_response
+                .insert_header("x-mesh-upstream", a.guard.endpoint().header.clone())?;
         }
         Ok(())
     }

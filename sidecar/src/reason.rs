@@ -71,10 +71,25 @@ impl Reason {
     }
 }
 
+/// `x-mesh-attempts` values without formatting for the usual counts.
+pub fn attempts_value(n: u32) -> http::HeaderValue {
+    const SMALL: [&str; 11] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10"];
+    match SMALL.get(n as usize) {
+        Some(s) => http::HeaderValue::from_static(s),
+        None => http::HeaderValue::from(n),
+    }
+}
+
 /// A complete error response: header and body.
-pub fn response(reason: Reason, hop: &str, detail: &str, attempts: u32) -> (ResponseHeader, Bytes) {
+pub fn response(
+    reason: Reason,
+    hop: &str,
+    service: &str,
+    detail: &str,
+    attempts: u32,
+) -> (ResponseHeader, Bytes) {
     let body = Bytes::from(format!(
-        "meshlab sidecar ({hop}): {}: {detail}\n",
+        "meshlab sidecar ({service} {hop}): {}: {detail}\n",
         reason.token()
     ));
     let mut h = ResponseHeader::build(reason.status(), Some(6)).expect("valid status");
@@ -85,13 +100,13 @@ pub fn response(reason: Reason, hop: &str, detail: &str, attempts: u32) -> (Resp
     let _ = h.insert_header(
         "proxy-status",
         format!(
-            "meshlab-{hop}; error={}; details=\"{}\"",
+            "meshlab-{service}-{hop}; error={}; details=\"{}\"",
             reason.proxy_status(),
             reason.token()
         ),
     );
     if attempts > 0 {
-        let _ = h.insert_header("x-mesh-attempts", attempts.to_string());
+        let _ = h.insert_header("x-mesh-attempts", attempts_value(attempts));
     }
     (h, body)
 }

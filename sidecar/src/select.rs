@@ -154,6 +154,8 @@ fn decay_ns(d: Duration) -> f64 {
 #[derive(Debug)]
 pub struct Endpoint {
     pub addr: SocketAddr,
+    /// `addr` as a header value, made once: `x-mesh-upstream` clones it (a reference count).
+    pub header: http::HeaderValue,
     in_flight: AtomicU32,
     ewma: Mutex<PeakEwma>,
     /// Active health: endpoints start healthy; the health checker alone writes these.
@@ -171,6 +173,8 @@ impl Endpoint {
     pub fn with_ewma_config(addr: SocketAddr, config: &EwmaConfig) -> Self {
         Endpoint {
             addr,
+            header: http::HeaderValue::from_str(&addr.to_string())
+                .expect("an address is a header value"),
             in_flight: AtomicU32::new(0),
             ewma: Mutex::new(PeakEwma::new(config)),
             healthy: AtomicBool::new(true),

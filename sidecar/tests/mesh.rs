@@ -174,6 +174,13 @@ fn a_request_goes_outbound_sidecar_to_inbound_sidecar_to_the_service() {
     let body = r.json();
     assert_eq!(body["service"], "b", "service b answered: {body}");
     assert_eq!(body["path"], "/hello", "the path reached the app: {body}");
+    let inbound_b = mesh.replicas[0].1.addr("inbound").to_string();
+    assert_eq!(
+        r.header("x-mesh-upstream"),
+        Some(inbound_b.as_str()),
+        "the endpoint that answered: {r:?}"
+    );
+    assert_eq!(r.header("x-mesh-attempts"), Some("1"), "one try: {r:?}");
 
     // An HTTP-proxy client (absolute-form target) is routed the same way.
     let r = http(

@@ -341,7 +341,8 @@ impl Mesh {
 }
 
 /// What a 504 that is not the client sidecar's own `request-timeout` most likely means.
-const INBOUND_FIRST: &str = "a `meshlab-inbound` Proxy-Status means the replica's inbound \
+const INBOUND_FIRST: &str =
+    "a `meshlab-<service>-inbound` Proxy-Status means the replica's inbound \
     sidecar, timing its app out on the x-mesh-deadline-ms it was sent, answered before the client \
     sidecar's own timer fired";
 
