@@ -320,6 +320,14 @@ fn the_control_plane_going_down_changes_nothing_for_traffic() {
         ready.status, 200,
         "still ready without a control plane: {ready:?}"
     );
+    assert_eq!(
+        ready.json()["ready"],
+        true,
+        "/ready answers JSON: {ready:?}"
+    );
+    let live = get(mesh.client.addr("admin"), "/live").unwrap();
+    assert_eq!(live.status, 200, "/live: {live:?}");
+    assert_eq!(live.json()["live"], true, "/live answers JSON: {live:?}");
 }
 
 /// A stand-in control plane that serves whatever body the test sets, valid or not, with an
