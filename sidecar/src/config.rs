@@ -54,6 +54,16 @@ pub struct Args {
     #[arg(long, env = "MESH_THREADS", default_value_t = 1)]
     pub threads: usize,
 
+    /// Log one structured line per request (target `access`): trace id, direction, service,
+    /// upstream, endpoint, status, attempts, reason, duration. Off by default: it is a log
+    /// line on every request.
+    #[arg(long, env = "MESH_ACCESS_LOG")]
+    pub access_log: bool,
+
+    /// Log format on stderr: text or json (one JSON object per line).
+    #[arg(long, env = "MESH_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
     /// Seconds to keep serving in-flight requests after SIGTERM before exiting.
     #[arg(long, env = "MESH_SHUTDOWN_GRACE", default_value_t = 2)]
     pub shutdown_grace_s: u64,
@@ -85,6 +95,12 @@ impl Args {
         }
         Ok(())
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

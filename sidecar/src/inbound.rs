@@ -34,6 +34,7 @@ pub struct Inbound {
     pub mesh: Arc<Mesh>,
     pub app: SocketAddr,
     pub metrics: RouteMetrics,
+    pub access_log: bool,
 }
 
 /// Per-request state of the inbound side.
@@ -119,6 +120,22 @@ impl ProxyHttp for Inbound {
             .request(status, ctx.started.elapsed().as_secs_f64());
         if let Some(reason) = ctx.answered {
             self.metrics.error(reason.token());
+        }
+        if self.access_log {
+            let req = session.req_header();
+            tracing::info!(
+                target: "access",
+                trace_id = crate::outbound::trace_id(req),
+                direction = "inbound",
+                service = %self.mesh.service,
+                upstream = %self.mesh.service,
+                endpoint = %self.app,
+                method = %req.method,
+                status = status.unwrap_or(0),
+                attempts = 1,
+                reason = ctx.answered.map_or("", |r| r.token()),
+                duration_ms = ctx.started.elapsed().as_secs_f64() * 1e3,
+            );
         }
     }
 

@@ -10,7 +10,7 @@ use pingora_core::services::background::background_service;
 use pingora_proxy::http_proxy_service_with_name;
 
 use sidecar::admin::{AdminService, AdminState};
-use sidecar::config::Args;
+use sidecar::config::{Args, LogFormat};
 use sidecar::health::HealthChecker;
 use sidecar::inbound::Inbound;
 use sidecar::metrics::Metrics;
@@ -25,14 +25,17 @@ fn main() {
         eprintln!("sidecar: {e}");
         std::process::exit(2);
     }
-    tracing_subscriber::fmt()
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+        .with_env_filter(filter);
+    match args.log_format {
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
     if let Err(e) = run(args) {
         eprintln!("sidecar: {e:#}");
         std::process::exit(1);
@@ -74,7 +77,7 @@ fn run(args: Args) -> anyhow::Result<()> {
 
     let mut out_svc = http_proxy_service_with_name(
         &server.configuration,
-        Outbound::new(mesh.clone()),
+        Outbound::new(mesh.clone(), args.access_log),
         "outbound",
     );
     out_svc.add_tcp_with_settings(
@@ -87,6 +90,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             mesh: mesh.clone(),
             app: args.app,
             metrics: metrics.route("inbound", &args.service, &args.service),
+            access_log: args.access_log,
         },
         "inbound",
     );

@@ -47,17 +47,29 @@ pub struct Outbound {
     pub hedger: Connector,
     /// Metrics of requests that named no known service.
     unrouted: RouteMetrics,
+    access_log: bool,
 }
 
 impl Outbound {
-    pub fn new(mesh: Arc<Mesh>) -> Self {
+    pub fn new(mesh: Arc<Mesh>, access_log: bool) -> Self {
         let unrouted = mesh.metrics.route("outbound", &mesh.service, "_unknown");
         Outbound {
             mesh,
             hedger: Connector::new(None),
             unrouted,
+            access_log,
         }
     }
+}
+
+/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), if well formed.
+pub fn trace_id(req: &RequestHeader) -> &str {
+    req.headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split('-').nth(1))
+        .filter(|id| id.len() == 32)
+        .unwrap_or("")
 }
 
 /// The request's authority as a header value: the absolute-form target's, else the Host.
@@ -642,6 +654,22 @@ impl ProxyHttp for Outbound {
         m.request(status, ctx.started.elapsed().as_secs_f64());
         if let Some(reason) = ctx.answered {
             m.error(reason.token());
+        }
+        if self.access_log {
+            let req = session.req_header();
+            tracing::info!(
+                target: "access",
+                trace_id = trace_id(req),
+                direction = "outbound",
+                service = %self.mesh.service,
+                upstream = ctx.route.as_ref().map_or("", |r| r.name.as_str()),
+                endpoint = %ctx.current.as_ref().map(|a| a.guard.endpoint().addr.to_string()).unwrap_or_default(),
+                method = %req.method,
+                status = status.unwrap_or(0),
+                attempts = ctx.attempts,
+                reason = ctx.answered.map_or("", |r| r.token()),
+                duration_ms = ctx.started.elapsed().as_secs_f64() * 1e3,
+            );
         }
         // A probe whose outcome never arrived must not wedge its endpoint's breaker.
         if let Some(a) = ctx.current.take() {

@@ -371,3 +371,82 @@ breaker = {{ consecutive_failures = 1000 }}
         "the duration histogram saw every request"
     );
 }
+
+#[test]
+fn the_access_log_has_one_json_line_per_request_with_its_outcome() {
+    let b = app("b-0", &[]);
+    let table = temp_table(
+        "access",
+        &format!(
+            "version = 1\n[services.b]\nendpoints = [\"{}\"]\n",
+            b.addr("app")
+        ),
+    );
+    let sc = Proc::start(
+        "sidecar",
+        &[
+            "--service",
+            "a",
+            "--table",
+            table.to_str().unwrap(),
+            "--outbound",
+            "127.0.0.1:0",
+            "--inbound",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--app",
+            "127.0.0.1:9",
+            "--access-log",
+            "--log-format",
+            "json",
+        ],
+    );
+    wait_http_ok(sc.addr("admin"), "/ready", Duration::from_secs(30));
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let ok = call(
+        &sc,
+        "b",
+        &[("traceparent", &format!("00-{trace}-b7ad6b7169203331-01"))],
+    );
+    assert_eq!(ok.status, 200, "routed: {ok:?}");
+    assert_eq!(call(&sc, "nope", &[]).status, 404, "unknown service");
+    let lines = || -> Vec<serde_json::Value> {
+        sc.stderr()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["target"] == "access")
+            .collect()
+    };
+    wait_until("two access-log lines", Duration::from_secs(5), || {
+        lines().len() >= 2
+    });
+    let logged = lines();
+    let first = &logged[0];
+    assert_eq!(
+        first["trace_id"], trace,
+        "the trace id from traceparent: {first}"
+    );
+    assert_eq!(first["direction"], "outbound", "{first}");
+    assert_eq!(first["upstream"], "b", "{first}");
+    assert_eq!(
+        first["endpoint"],
+        b.addr("app").to_string().as_str(),
+        "{first}"
+    );
+    assert_eq!(
+        (first["status"].as_u64(), first["attempts"].as_u64()),
+        (Some(200), Some(1)),
+        "{first}"
+    );
+    assert!(
+        first["duration_ms"].as_f64().is_some_and(|d| d > 0.0),
+        "{first}"
+    );
+    let second = &logged[1];
+    assert_eq!(
+        (second["status"].as_u64(), second["reason"].as_str()),
+        (Some(404), Some("unknown-service")),
+        "{second}"
+    );
+}
