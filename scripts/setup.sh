@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up for building and testing meshlab; `make setup` runs it.
-#   - Debian packages: cmake (Pingora's zlib-ng build needs it), curl, and python3-venv
-#     when Python's venv/ensurepip is missing. apt-get runs only when something is missing.
+#   - Debian packages: cmake (Pingora's zlib-ng build needs it), curl, prometheus (the server
+#     `meshlab up --prometheus` and its test run), and python3-venv when Python's
+#     venv/ensurepip is missing. apt-get runs only when something is missing.
 #   - .venv/: a Python venv with the pinned tools of scripts/requirements-test.txt
 #     (gunicorn, httpbin, shellcheck, kubernetes-validate), reinstalled only when that
 #     file changes (stamp file .venv/.stamp-<hash>).
@@ -22,6 +23,7 @@ die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
     missing+=(python3 python3-venv)
 elif ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then

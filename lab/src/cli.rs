@@ -78,6 +78,12 @@ pub struct UpArgs {
     /// Validate the table and print the commands the lab would run, without starting anything.
     #[arg(long)]
     pub dry_run: bool,
+
+    /// Also run a Prometheus server (Debian's `prometheus`, installed by `make setup`) on a free
+    /// loopback port, scraping every process of the lab through `<run dir>/prometheus.yml`
+    /// (written on every run); its URL is in the start-up table and the CHILDREN line.
+    #[arg(long)]
+    pub prometheus: bool,
 }
 
 /// Parses `500ms`, `20s`, `1.5s`, `2m`, `1h`, or a bare number of seconds.
@@ -188,6 +194,7 @@ mod tests {
         assert_eq!(a.concurrency, 64, "default concurrency");
         assert!(a.json, "json");
         assert_eq!(a.replicas, None, "no replica override by default");
+        assert!(!a.prometheus, "no Prometheus server by default");
     }
 
     #[test]

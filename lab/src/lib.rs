@@ -12,12 +12,15 @@
 //! - stdout, once the mesh is ready and before load starts, exactly one line
 //!   `CHILDREN {"pids":[...],"children":[{"name":"sidecar b-1","pid":123},...],"run_dir":"..."}`
 //!   naming every child process it runs (names: `control-plane`, `mesh-service <instance>`,
-//!   `sidecar <instance>`, `sidecar lab-client`);
+//!   `sidecar <instance>`, `sidecar lab-client`, and `prometheus` with `--prometheus`), plus
+//!   `"prometheus_config"` (the scrape config's path) and, with `--prometheus`,
+//!   `"prometheus":"http://127.0.0.1:<port>"`;
 //! - stdout, at the end: the summary; with `--json`, one JSON object on one line (at least
 //!   `env`, `duration_s`, `rps`, `requests`, `ok`, `failed`, `errors`, `p50_ms`, `p90_ms`,
 //!   `p99_ms`, `max_ms`, `crashed`), which is then the last line of stdout: `| tail -n1 | jq`;
 //! - the start-up table (service, replica, app, outbound, inbound, admin; control plane URL;
-//!   run dir) on stdout, or on stderr with `--json`;
+//!   run dir; the Prometheus scrape config, and the Prometheus URL with `--prometheus`) on
+//!   stdout, or on stderr with `--json`;
 //! - stderr: logs, and one live line per second: `t=5s rps=200 ok=100.0% p50=2.1ms p99=8.3ms`.
 //!
 //! Exit status: 0 when the run completed (failed requests and crashed replicas included; they
@@ -25,7 +28,9 @@
 //! names what was not ready and the log file to read), 2 for bad flags.
 //!
 //! The run dir, `<temp>/meshlab-<env>-<pid>`, keeps one log per child (stdout and stderr)
-//! under `logs/` and the served table under `tables/`; it is left in place for inspection.
+//! under `logs/`, the served table under `tables/`, the scrape config `prometheus.yml` and,
+//! with `--prometheus`, the server's data in `prometheus-data/`; it is left in place for
+//! inspection.
 //!
 //! # Layout
 //! - [`cli`]: the flags and the duration syntax;
@@ -35,6 +40,7 @@
 //! - [`children`]: spawning children (log file, parent-death signal, own process group),
 //!   their `LISTENING` line, the watchdog, stopping;
 //! - [`mesh`]: the start-up order, port reservation, readiness and table propagation;
+//! - [`prometheus`]: the scrape config of every run, and the `--prometheus` server;
 //! - [`load`]: the open-loop pacer and the load driver;
 //! - [`stats`]: tallies, percentiles, the live line and the summary;
 //! - [`up`]: `meshlab up` from start to summary.
@@ -45,5 +51,6 @@ pub mod labtable;
 pub mod load;
 pub mod mesh;
 pub mod plan;
+pub mod prometheus;
 pub mod stats;
 pub mod up;

@@ -12,6 +12,7 @@ use crate::labtable::{self, LoadError};
 use crate::load::{self, LoadConfig};
 use crate::mesh::{self, Binaries, MeshConfig, RunDir, StartError};
 use crate::plan::{self, CLIENT_APP, CLIENT_SERVICE};
+use crate::prometheus::{self, PrometheusError};
 use crate::stats::Summary;
 
 /// Grace between SIGTERM and SIGKILL when stopping the children.
@@ -24,6 +25,8 @@ pub enum UpError {
     Table(#[from] LoadError),
     #[error(transparent)]
     Start(#[from] StartError),
+    #[error(transparent)]
+    Prometheus(#[from] PrometheusError),
     #[error("cannot find meshlab's own folder for --bin-dir: {0}")]
     BinDir(std::io::Error),
     #[error("cannot listen for signals: {0}")]
@@ -104,6 +107,12 @@ pub async fn run(args: UpArgs) -> Result<Report, UpError> {
         return Ok(Report::DryRun(dry_run(&args, &table, &replicas, &bin_dir)?));
     }
     let bins = Binaries::locate(&bin_dir)?;
+    // Before anything starts: a missing `prometheus` fails the run at once.
+    let prometheus_bin = if args.prometheus {
+        Some(prometheus::locate()?)
+    } else {
+        None
+    };
     let mut signals = Signals::new().map_err(UpError::Signals)?;
     let run_dir = RunDir::create(&args.env)?;
     tracing::info!(
@@ -115,6 +124,7 @@ pub async fn run(args: UpArgs) -> Result<Report, UpError> {
     );
 
     let sup = Supervisor::new();
+    let deadline = tokio::time::Instant::now() + args.startup_timeout;
     let cfg = MeshConfig {
         env: &args.env,
         table: &table,
@@ -140,8 +150,38 @@ pub async fn run(args: UpArgs) -> Result<Report, UpError> {
         }
     };
 
+    // The scrape config, and with --prometheus the server on it, within the same deadline.
+    let observed = tokio::select! {
+        r = observe(&mesh, &run_dir, prometheus_bin.as_deref(), &sup, deadline, args.startup_timeout) => Ok(r),
+        sig = signals.recv() => Err(sig),
+    };
+    let (scrape_config, prom) = match observed {
+        Ok(Ok(o)) => o,
+        Ok(Err(e)) => {
+            sup.stop(STOP_GRACE).await;
+            return Err(e.into());
+        }
+        Err(sig) => {
+            sup.stop(STOP_GRACE).await;
+            return Err(UpError::Interrupted(sig));
+        }
+    };
+
     sup.set_running();
-    let info = mesh.describe(&run_dir);
+    let mut info = mesh.describe(&run_dir);
+    info.push_str(&format!(
+        "prometheus config: {} (every process, scraped every {})\n",
+        scrape_config.display(),
+        prometheus::SCRAPE_INTERVAL
+    ));
+    if let Some(p) = &prom {
+        info.push_str(&format!(
+            "prometheus: {}/ (pid {}; data in {}, log in logs/)\n",
+            p.url(),
+            p.entry.pid,
+            prometheus::data_path(&run_dir).display()
+        ));
+    }
     if args.json {
         eprint!("{info}");
     } else {
@@ -155,10 +195,16 @@ pub async fn run(args: UpArgs) -> Result<Report, UpError> {
         .map(|(name, pid)| serde_json::json!({ "name": name, "pid": pid }))
         .collect();
     let pids: Vec<u32> = running.iter().map(|(_, pid)| *pid).collect();
-    println!(
-        "CHILDREN {}",
-        serde_json::json!({ "pids": pids, "children": children, "run_dir": run_dir.root })
-    );
+    let mut line = serde_json::json!({
+        "pids": pids,
+        "children": children,
+        "run_dir": run_dir.root,
+        "prometheus_config": scrape_config,
+    });
+    if let Some(p) = &prom {
+        line["prometheus"] = p.url().into();
+    }
+    println!("CHILDREN {line}");
     let _ = std::io::stdout().flush();
 
     let load_cfg = LoadConfig {
@@ -195,6 +241,24 @@ pub async fn run(args: UpArgs) -> Result<Report, UpError> {
     summary.unclean_stop = unclean;
     summary.run_dir = run_dir.root.clone();
     Ok(Report::Done(Box::new(summary)))
+}
+
+/// Writes the scrape config of `mesh` and, given the `prometheus` program, starts the server.
+async fn observe(
+    mesh: &mesh::Mesh,
+    run_dir: &RunDir,
+    program: Option<&std::path::Path>,
+    sup: &Supervisor,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+) -> Result<(PathBuf, Option<prometheus::Running>), PrometheusError> {
+    let config = prometheus::write_config(run_dir, mesh)?;
+    let targets = prometheus::targets(mesh).len();
+    let running = match program {
+        Some(p) => Some(prometheus::start(p, run_dir, sup, targets, deadline, timeout).await?),
+        None => None,
+    };
+    Ok((config, running))
 }
 
 /// `--dry-run`: the commands the lab would run, after checking the table and its rewrite.
@@ -264,6 +328,23 @@ fn dry_run(
             args.poll_interval,
         ),
     ));
+    s.push_str(&format!(
+        "then writes {} (scrape config of every process above)\n",
+        run_dir.join("prometheus.yml").display()
+    ));
+    if args.prometheus {
+        match prometheus::locate() {
+            Ok(p) => s.push_str(&cmd(
+                &p.display().to_string(),
+                prometheus::args(
+                    &run_dir.join("prometheus.yml"),
+                    &run_dir.join("prometheus-data"),
+                    "127.0.0.1:<free port>",
+                ),
+            )),
+            Err(e) => s.push_str(&format!("warning: {e}\n")),
+        }
+    }
     s.push_str(&format!(
         "then: GET http://{}/ through the {CLIENT_SERVICE} sidecar at {} rps, at most {} in \
          flight, {}\n",

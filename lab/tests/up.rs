@@ -10,9 +10,14 @@
 //! - SIGTERM ends an endless run: load stops, children stop, the summary says interrupted;
 //! - a replica killed mid-run is reported as crashed, and the run still completes;
 //! - bad tables are refused with the offending field named, before anything starts;
-//! - `--dry-run` prints the plan without starting anything.
+//! - `--dry-run` prints the plan without starting anything;
+//! - `--prometheus` runs a real Prometheus (Debian's, from `make setup`; the test fails without
+//!   it) that scrapes every sidecar and answers a PromQL success rate per called service;
+//!   without `prometheus` on PATH, `--prometheus` fails before anything starts.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -551,6 +556,7 @@ fn dry_run_prints_the_plan_without_starting_anything() {
         "sidecar --service back",
         "sidecar --service lab-client",
         "GET http://front/",
+        "prometheus.yml",
     ] {
         assert!(stdout.contains(want), "the plan has {want:?}:\n{stdout}");
     }
@@ -559,4 +565,278 @@ fn dry_run_prints_the_plan_without_starting_anything() {
         "--replicas 3 means three per service:\n{stdout}"
     );
     std::fs::remove_dir_all(&tables).ok();
+}
+
+/// Polls `f` until it gives a value; after `timeout` panics with `what` and the last thing `f`
+/// saw (like `testkit::wait_until`, with the reason).
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(seen) => assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what}; last seen: {seen}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Percent-encodes a URL query value (everything but RFC 3986 unreserved characters).
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `GET path` on Prometheus' HTTP API: the `data` of a `"status":"success"` answer.
+fn prom_api(addr: SocketAddr, path: &str) -> Result<serde_json::Value, String> {
+    let r = testkit::get(addr, path).map_err(|e| format!("GET {path}: {e}"))?;
+    if r.status != 200 {
+        return Err(format!("GET {path} answered {}: {}", r.status, r.body));
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&r.body).map_err(|e| format!("GET {path}: not JSON ({e})"))?;
+    if v["status"] != "success" {
+        return Err(format!("GET {path}: {v}"));
+    }
+    Ok(v["data"].clone())
+}
+
+/// The success-rate query of the README: per upstream service, the share of 2xx among the
+/// requests sidecars sent to it over the last 5 s.
+const SUCCESS_RATE: &str = r#"sum by (upstream) (rate(meshlab_requests_total{direction="outbound",class="2xx"}[5s])) / sum by (upstream) (rate(meshlab_requests_total{direction="outbound"}[5s]))"#;
+
+#[test]
+fn prometheus_scrapes_every_sidecar_and_answers_a_success_rate_per_service() {
+    if let Err(e) = lab::prometheus::locate() {
+        panic!(
+            "prometheus is not installed on this machine: run make setup (scripts/setup.sh \
+             installs Debian's `prometheus` package; CI runs it). meshlab says: {e}"
+        );
+    }
+    let _turn = lab_turn();
+    let bins = mesh_bin_dir();
+    let tables = dev_tables();
+    // The services the load reaches: the entry and everything called (a, b, c in dev).
+    let table = lab::labtable::load(&tables, "dev").expect("the dev table loads");
+    let lab = table.lab();
+    let mut called: BTreeSet<String> = lab
+        .services
+        .values()
+        .flat_map(|s| s.calls.iter().cloned())
+        .collect();
+    called.insert(lab.entry.clone());
+
+    let started = Instant::now();
+    let mut m = Meshlab::start(&[
+        "up",
+        "--env",
+        "dev",
+        "--tables",
+        tables.to_str().expect("utf-8 path"),
+        "--prometheus",
+        "--duration",
+        "8s",
+        "--rps",
+        "50",
+        "--json",
+        "--bin-dir",
+        bins.to_str().expect("utf-8 path"),
+    ]);
+    let children = m.children();
+    let up_after = started.elapsed();
+    let url = children["prometheus"].as_str().unwrap_or_else(|| {
+        panic!("CHILDREN gives the Prometheus URL as \"prometheus\": {children}")
+    });
+    let addr: SocketAddr = url
+        .strip_prefix("http://")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("the Prometheus URL is http://IP:PORT: {url}"));
+    let named = |name: &str| {
+        children["children"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["name"] == name && c["pid"].is_u64()))
+    };
+    assert!(
+        named("prometheus"),
+        "CHILDREN lists the prometheus child with its pid: {children}"
+    );
+    let config = children["prometheus_config"]
+        .as_str()
+        .unwrap_or_else(|| panic!("CHILDREN names the scrape config: {children}"));
+    let config_text = std::fs::read_to_string(config)
+        .unwrap_or_else(|e| panic!("the scrape config {config} can be read: {e}"));
+    for job in ["sidecar", "mesh-service", "control-plane"] {
+        assert!(
+            config_text.contains(&format!("job_name: \"{job}\"")),
+            "the scrape config has a {job} job:\n{config_text}"
+        );
+    }
+    // Every sidecar meshlab runs, by replica (`sidecar b-1` -> `b-1`, `sidecar lab-client`).
+    let sidecars: BTreeSet<String> = children["children"]
+        .as_array()
+        .expect("CHILDREN has a children list")
+        .iter()
+        .filter_map(|c| c["name"].as_str()?.strip_prefix("sidecar "))
+        .map(String::from)
+        .collect();
+    assert!(
+        sidecars.len() >= 2,
+        "meshlab runs several sidecars: {children}"
+    );
+
+    // /api/v1/targets: every sidecar is a target of job "sidecar", scraped and up.
+    let targets = wait_for(
+        "Prometheus to report every sidecar target up",
+        Duration::from_secs(20),
+        || {
+            let data = prom_api(addr, "/api/v1/targets?state=active")?;
+            let active = data["activeTargets"]
+                .as_array()
+                .ok_or_else(|| format!("no activeTargets: {data}"))?
+                .clone();
+            let up: BTreeSet<String> = active
+                .iter()
+                .filter(|t| t["labels"]["job"] == "sidecar" && t["health"] == "up")
+                .filter_map(|t| t["labels"]["replica"].as_str().map(String::from))
+                .collect();
+            if up == sidecars {
+                Ok(active)
+            } else {
+                Err(format!(
+                    "sidecar targets up: {up:?}; all targets: {active:?}"
+                ))
+            }
+        },
+    );
+    let per_job = |job: &str| targets.iter().filter(|t| t["labels"]["job"] == job).count();
+    assert_eq!(
+        per_job("sidecar"),
+        sidecars.len(),
+        "one sidecar target per sidecar, no more: {targets:?}"
+    );
+    assert_eq!(
+        per_job("control-plane"),
+        1,
+        "the control plane is a target: {targets:?}"
+    );
+    assert_eq!(
+        per_job("mesh-service"),
+        sidecars.len() - 1,
+        "every app (one per sidecar but the client's) is a target: {targets:?}"
+    );
+    for t in &targets {
+        assert_eq!(
+            t["health"], "up",
+            "every target of the lab is scraped successfully: {t}"
+        );
+        assert!(
+            t["labels"]["service"].is_string(),
+            "every target carries a service label: {t}"
+        );
+    }
+
+    // The PromQL success rate per called service.
+    let path = format!("/api/v1/query?query={}", url_encode(SUCCESS_RATE));
+    let rates: BTreeMap<String, f64> = wait_for(
+        &format!("a success rate for each of {called:?} from {SUCCESS_RATE}"),
+        Duration::from_secs(20),
+        || {
+            let data = prom_api(addr, &path)?;
+            let result = data["result"]
+                .as_array()
+                .ok_or_else(|| format!("no result: {data}"))?;
+            let rates: BTreeMap<String, f64> = result
+                .iter()
+                .filter_map(|r| {
+                    let upstream = r["metric"]["upstream"].as_str()?.to_owned();
+                    let value: f64 = r["value"][1].as_str()?.parse().ok()?;
+                    value.is_finite().then_some((upstream, value))
+                })
+                .collect();
+            if called.iter().all(|s| rates.contains_key(s)) {
+                Ok(rates)
+            } else {
+                Err(format!("finite rates so far: {rates:?}; answer: {data}"))
+            }
+        },
+    );
+    let answered_after = started.elapsed();
+    for s in &called {
+        let r = rates[s];
+        assert!(
+            (0.9..=1.0).contains(&r),
+            "the success rate of {s} is a share, at least 0.9 in dev (no injected errors): \
+             {r} ({rates:?})"
+        );
+    }
+
+    let status = m.finish(Duration::from_secs(60));
+    assert!(
+        status.success(),
+        "a run with --prometheus exits 0, got {status}\nstderr:\n{}",
+        m.stderr()
+    );
+    let s = m.summary();
+    assert_eq!(
+        s["unclean_stop"].as_array().map(Vec::len),
+        Some(0),
+        "every child, Prometheus included, exits 0 on SIGTERM: {s}"
+    );
+    assert_eq!(
+        s["crashed"].as_array().map(Vec::len),
+        Some(0),
+        "nothing crashed: {s}"
+    );
+    assert_all_dead(
+        &pids_of(&children),
+        Duration::from_secs(1),
+        "meshlab exited (Prometheus included)",
+    );
+    eprintln!(
+        "prometheus test: CHILDREN after {up_after:?}, every rate after {answered_after:?}, \
+         run ended after {:?}",
+        started.elapsed()
+    );
+    cleanup(&s);
+}
+
+#[test]
+fn prometheus_flag_without_prometheus_installed_says_run_make_setup() {
+    let bins = mesh_bin_dir();
+    let tables = small_tables("noprom");
+    let empty = scratch("noprom-path");
+    let out = Command::new(env!("CARGO_BIN_EXE_meshlab"))
+        .args(["up", "--env", "dev", "--prometheus", "--duration", "1s"])
+        .arg("--tables")
+        .arg(&tables)
+        .arg("--bin-dir")
+        .arg(&bins)
+        .env("PATH", &empty)
+        .output()
+        .expect("run meshlab");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "--prometheus without prometheus exits 1\nstderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("make setup") && stderr.contains("prometheus"),
+        "the error says prometheus is missing and to run make setup:\n{stderr}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "nothing started, nothing on stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    std::fs::remove_dir_all(&tables).ok();
+    std::fs::remove_dir_all(&empty).ok();
 }
