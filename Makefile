@@ -8,11 +8,12 @@ export
 ENV ?= dev
 LAB_DURATION ?= 20s
 LAB_RPS ?= 200
+QUICK ?=
 
 CARGO ?= cargo
 VENV := $(CURDIR)/.venv
 TABLES := k8s/overlays
-SHELL_SCRIPTS := $(wildcard scripts/*.sh) .ci/run
+SHELL_SCRIPTS := $(wildcard scripts/*.sh) .ci/run bench/run.sh
 
 .DEFAULT_GOAL := help
 .PHONY: help setup build run test lint fmt bench clean
@@ -46,13 +47,8 @@ lint: setup ## fmt check, clippy and shellcheck, without building or testing
 fmt: ## Format the Rust code in place
 	$(CARGO) fmt --all
 
-bench: setup ## Run the benchmark harness (bench/run.sh)
-	@if [ -f bench/run.sh ]; then \
-		bash bench/run.sh; \
-	else \
-		echo "bench: the bench harness is not built yet (bench/run.sh is missing)" >&2; \
-		exit 1; \
-	fi
+bench: setup ## Benchmark the sidecar against direct, nginx and HAProxy (QUICK=1: < 2 min)
+	QUICK="$(QUICK)" bash bench/run.sh
 
 clean: ## Remove build output and the venv
 	$(CARGO) clean

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# `make bench` (QUICK=1 for the short run): installs what the benchmark needs, builds, measures.
+#   - Debian packages wrk, nginx, haproxy, gnuplot-nox: installed only when a command is
+#     missing (apt-get update only then).
+#   - the release build of every binary (cargo build --release --workspace --bins).
+#   - oha, the open-loop load generator, into bench/.tools/ (cargo install, once); when it
+#     cannot be built the harness falls back to wrk's closed-loop latency and says so.
+#   - bench/.tools/malloc_count.so, the LD_PRELOAD allocation counter (gcc, when the source
+#     is newer).
+# Then runs bench/harness.py, which writes bench/results/<date>-<sha>.{md,json} and a chart.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+TOOLS="$ROOT/bench/.tools"
+CARGO="${CARGO:-cargo}"
+PYTHON="${PYTHON:-python3}"
+QUICK="${QUICK:-}"
+
+log() { printf 'bench: %s\n' "$*" >&2; }
+die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
+
+# --- Debian packages ---------------------------------------------------------------------
+missing=()
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+command -v haproxy >/dev/null 2>&1 || [[ -x /usr/sbin/haproxy ]] || missing+=(haproxy)
+command -v gnuplot >/dev/null 2>&1 || missing+=(gnuplot-nox)
+command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
+command -v gcc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+
+if ((${#missing[@]} > 0)); then
+    command -v apt-get >/dev/null 2>&1 \
+        || die "missing ${missing[*]} and no apt-get here: install them by hand"
+    sudo_cmd=()
+    if [[ "$(id -u)" -ne 0 ]]; then
+        command -v sudo >/dev/null 2>&1 || die "missing ${missing[*]}: run as root or install sudo"
+        sudo_cmd=(sudo)
+    fi
+    log "installing Debian packages: ${missing[*]}"
+    "${sudo_cmd[@]}" apt-get update -qq
+    "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# nginx and haproxy live in /usr/sbin, which a non-root PATH may lack.
+export PATH="$PATH:/usr/sbin:/sbin"
+
+# --- the binaries under test -----------------------------------------------------------------
+log "building the release binaries"
+"$CARGO" build --release --workspace --bins
+
+# --- oha: open-loop load generator with latency correction ------------------------------------
+mkdir -p "$TOOLS"
+if [[ ! -x "$TOOLS/bin/oha" ]]; then
+    log "installing oha into bench/.tools (once; a few minutes)"
+    if ! "$CARGO" install oha --locked --root "$TOOLS" >"$TOOLS/oha-install.log" 2>&1; then
+        log "warning: oha did not build (see bench/.tools/oha-install.log);" \
+            "latency will be wrk's closed-loop figures, and the report says so"
+    fi
+fi
+
+# --- the allocation counter --------------------------------------------------------------------
+SHIM="$TOOLS/malloc_count.so"
+if [[ ! -f "$SHIM" || "$ROOT/bench/malloc_count.c" -nt "$SHIM" ]]; then
+    log "compiling bench/malloc_count.c"
+    gcc -O2 -Wall -Wextra -fPIC -shared -o "$SHIM" "$ROOT/bench/malloc_count.c" -ldl
+fi
+
+# --- measure -------------------------------------------------------------------------------------
+args=(--bin-dir "$ROOT/target/release" --tools "$TOOLS")
+if [[ -n "$QUICK" && "$QUICK" != "0" ]]; then
+    args+=(--quick)
+fi
+log "load average before the run: $(cut -d' ' -f1-3 /proc/loadavg)"
+exec "$PYTHON" "$ROOT/bench/harness.py" "${args[@]}"
