@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use pingora_core::connectors::http::Connector;
 use pingora_core::protocols::http::client::HttpSession;
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
-use pingora_error::{Error, ErrorType, Result};
+use pingora_error::{Error, Result};
 use pingora_http::RequestHeader;
 use pingora_proxy::Session;
 
@@ -373,14 +373,7 @@ fn timed_out(route: &ServiceRoute, attempts: u32) -> Failed {
 }
 
 fn failed(route: &ServiceRoute, e: &Error, attempts: u32) -> Failed {
-    let reason = match e.etype() {
-        ErrorType::ConnectTimedout
-        | ErrorType::ConnectRefused
-        | ErrorType::ConnectNoRoute
-        | ErrorType::ConnectError => Reason::ConnectFailure,
-        ErrorType::ReadTimedout | ErrorType::WriteTimedout => Reason::PerTryTimeout,
-        _ => Reason::UpstreamReset,
-    };
+    let reason = Reason::of_error(e.etype());
     Failed {
         reason,
         detail: format!(

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_error::{Error, Result};
 use pingora_http::ResponseHeader;
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
@@ -155,32 +155,15 @@ impl ProxyHttp for Inbound {
         e: &Error,
         ctx: &mut InboundCtx,
     ) -> FailToProxy {
-        if *e.esource() == ErrorSource::Downstream {
-            let code = match e.etype() {
-                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
-                _ => 400,
-            };
-            if code > 0 {
-                let _ = session.respond_error(code).await;
-            }
-            return FailToProxy {
-                error_code: code,
-                can_reuse_downstream: false,
-            };
+        if let Some(done) = reason::downstream_failure(session, e).await {
+            return done;
         }
         let deadline_bound = ctx
             .deadline
             .is_some_and(|left| with_grace(left) < self.app_timeout());
-        let reason = match e.etype() {
-            ErrorType::ConnectTimedout
-            | ErrorType::ConnectRefused
-            | ErrorType::ConnectNoRoute
-            | ErrorType::ConnectError => Reason::ConnectFailure,
-            ErrorType::ReadTimedout | ErrorType::WriteTimedout if deadline_bound => {
-                Reason::DeadlineExceeded
-            }
-            ErrorType::ReadTimedout | ErrorType::WriteTimedout => Reason::PerTryTimeout,
-            _ => Reason::UpstreamReset,
+        let reason = match Reason::of_error(e.etype()) {
+            Reason::PerTryTimeout if deadline_bound => Reason::DeadlineExceeded,
+            r => r,
         };
         ctx.answered = Some(reason);
         let detail = format!("app {} of service {}: {e}", self.app, self.mesh.service);

@@ -22,7 +22,7 @@ use http::header::{self, HeaderName};
 use pingora_core::connectors::http::Connector;
 use pingora_core::protocols::http::authority::{raw_target_authority, RawTargetAuthority};
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use rand::Rng;
@@ -689,27 +689,10 @@ impl ProxyHttp for Outbound {
         e: &Error,
         ctx: &mut OutboundCtx,
     ) -> FailToProxy {
-        if *e.esource() == ErrorSource::Downstream {
-            let code = match e.etype() {
-                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
-                _ => 400,
-            };
-            if code > 0 {
-                let _ = session.respond_error(code).await;
-            }
-            return FailToProxy {
-                error_code: code,
-                can_reuse_downstream: false,
-            };
+        if let Some(done) = reason::downstream_failure(session, e).await {
+            return done;
         }
-        let reason = ctx.reason.unwrap_or(match e.etype() {
-            ErrorType::ConnectTimedout
-            | ErrorType::ConnectRefused
-            | ErrorType::ConnectNoRoute
-            | ErrorType::ConnectError => Reason::ConnectFailure,
-            ErrorType::ReadTimedout | ErrorType::WriteTimedout => Reason::PerTryTimeout,
-            _ => Reason::UpstreamReset,
-        });
+        let reason = ctx.reason.unwrap_or(Reason::of_error(e.etype()));
         let service = ctx.route.as_ref().map_or("?", |r| r.name.as_str());
         let refused = ctx
             .refusal

@@ -4,7 +4,9 @@
 //! `Proxy-Status` header and a one-line text body saying the same in words.
 
 use bytes::Bytes;
+use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_http::ResponseHeader;
+use pingora_proxy::{FailToProxy, Session};
 
 /// Why the sidecar answered instead of an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +71,39 @@ impl Reason {
             Reason::BreakerOpen => "destination_unavailable",
         }
     }
+}
+
+impl Reason {
+    /// The reason of a failed try, from Pingora's error type: the one place this mapping lives.
+    pub fn of_error(e: &ErrorType) -> Reason {
+        match e {
+            ErrorType::ConnectTimedout
+            | ErrorType::ConnectRefused
+            | ErrorType::ConnectNoRoute
+            | ErrorType::ConnectError => Reason::ConnectFailure,
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout => Reason::PerTryTimeout,
+            _ => Reason::UpstreamReset,
+        }
+    }
+}
+
+/// A failure on the client's side of the connection: a malformed request gets Pingora's 400,
+/// a connection already gone gets nothing. `None` when the error is not the client's.
+pub async fn downstream_failure(session: &mut Session, e: &Error) -> Option<FailToProxy> {
+    if *e.esource() != ErrorSource::Downstream {
+        return None;
+    }
+    let code = match e.etype() {
+        ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+        _ => 400,
+    };
+    if code > 0 {
+        let _ = session.respond_error(code).await;
+    }
+    Some(FailToProxy {
+        error_code: code,
+        can_reuse_downstream: false,
+    })
 }
 
 /// `x-mesh-attempts` values without formatting for the usual counts.
