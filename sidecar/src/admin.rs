@@ -142,7 +142,7 @@ async fn breakers(State(s): State<AdminState>) -> Json<serde_json::Value> {
                     "ejected": r.balancer.breakers.out(),
                     "concurrency": r.limit.snapshot(),
                     "retry_budget": r.budget.snapshot(now),
-                    "retry_refusals": r.refusal_counts(),
+                    "retry_refusals": r.metrics.refusal_counts(),
                 }),
             );
         }

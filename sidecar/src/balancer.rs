@@ -1,15 +1,12 @@
 //! Endpoints of one service and the choice of one per attempt.
 //!
 //! [`MeshDiscovery`] turns the table's `endpoints` (a static list, or `dns:HOST:PORT` for a
-//! headless Kubernetes Service) into addresses, through pingora-load-balancing's
-//! `ServiceDiscovery` trait. [`Balancer`] keeps the resulting [`EndpointSet`] (the selection
-//! algorithms of `select`) and the per-endpoint [`Breakers`]: an endpoint is a candidate for an
-//! attempt when this request has not tried it yet, its active health checks pass and its breaker has
-//! not ejected it. A new
-//! endpoint list keeps the state (in-flight counts, latency estimates, breakers) of the
-//! endpoints that stay.
+//! headless Kubernetes Service) into addresses. [`Balancer`] keeps the resulting
+//! [`EndpointSet`] (the selection algorithms of `select`) and the per-endpoint [`Breakers`]: an
+//! endpoint is a candidate for an attempt when this request has not tried it yet, its active
+//! health checks pass and its breaker has not ejected it. A new endpoint list keeps the state
+//! (in-flight counts, latency estimates, breakers) of the endpoints that stay.
 
-use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
@@ -18,11 +15,7 @@ use arc_swap::ArcSwap;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
-use async_trait::async_trait;
 use mesh_table::{Endpoints, Lb};
-use pingora_error::{Error, ErrorType, Result};
-use pingora_load_balancing::discovery::ServiceDiscovery;
-use pingora_load_balancing::Backend;
 use serde::Serialize;
 
 use crate::breaker::{Admission, BreakerConfig, Breakers};
@@ -63,57 +56,46 @@ impl MeshDiscovery {
         }
     }
 
-    async fn resolve(&self) -> std::result::Result<BTreeSet<Backend>, String> {
-        let mut out = BTreeSet::new();
+    /// Resolves the endpoints to addresses (sorted, no duplicates) and records how it went;
+    /// an error leaves the caller's current endpoints in place.
+    pub async fn discover(&self) -> std::result::Result<Vec<SocketAddr>, String> {
+        let res = self.resolve().await;
+        let mut last = self.last.lock().expect("discovery status lock");
+        match &res {
+            Ok(_) => {
+                last.last_error = None;
+                last.last_resolved = Some(SystemTime::now());
+            }
+            Err(e) => last.last_error = Some(e.clone()),
+        }
+        res
+    }
+
+    async fn resolve(&self) -> std::result::Result<Vec<SocketAddr>, String> {
+        let mut out = Vec::new();
         match &self.endpoints {
             Endpoints::Static(list) => {
                 for addr in list {
                     if let Ok(sa) = addr.parse::<SocketAddr>() {
-                        out.insert(backend(sa));
+                        out.push(sa);
                         continue;
                     }
                     let found = tokio::net::lookup_host(addr.as_str())
                         .await
                         .map_err(|e| format!("resolving {addr}: {e}"))?;
-                    out.extend(found.map(backend));
+                    out.extend(found);
                 }
             }
             Endpoints::Dns { host, port } => {
                 let found = tokio::net::lookup_host((host.as_str(), *port))
                     .await
                     .map_err(|e| format!("resolving {host}: {e}"))?;
-                out.extend(found.map(backend));
+                out.extend(found);
             }
         }
+        out.sort_unstable();
+        out.dedup();
         Ok(out)
-    }
-}
-
-fn backend(addr: SocketAddr) -> Backend {
-    Backend {
-        addr: pingora_core::protocols::l4::socket::SocketAddr::Inet(addr),
-        weight: 1,
-        ext: Default::default(),
-    }
-}
-
-#[async_trait]
-impl ServiceDiscovery for MeshDiscovery {
-    async fn discover(&self) -> Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
-        let res = self.resolve().await;
-        let mut last = self.last.lock().expect("discovery status lock");
-        match res {
-            Ok(set) => {
-                last.last_error = None;
-                last.last_resolved = Some(SystemTime::now());
-                Ok((set, HashMap::new()))
-            }
-            Err(e) => {
-                last.last_error = Some(e.clone());
-                // An error keeps the previous endpoints: LoadBalancer::update leaves them as they were.
-                Err(Error::explain(ErrorType::InternalError, e))
-            }
-        }
     }
 }
 
@@ -188,11 +170,7 @@ impl Balancer {
             return;
         };
         match self.discovery.discover().await {
-            Ok((found, _)) => {
-                let addrs: Vec<SocketAddr> = found
-                    .iter()
-                    .filter_map(|b| b.addr.as_inet().copied())
-                    .collect();
+            Ok(addrs) => {
                 let current = self.set.load();
                 let same =
                     current.len() == addrs.len() && addrs.iter().all(|a| current.get(a).is_some());

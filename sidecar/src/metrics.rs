@@ -276,6 +276,15 @@ impl RouteMetrics {
         }
     }
 
+    /// Refusals so far, by reason (for `/breakers`: the same counters `/metrics` shows).
+    pub fn refusal_counts(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        Refusal::ALL
+            .iter()
+            .zip(&self.refusals)
+            .map(|(r, c)| (r.as_str(), c.get()))
+            .collect()
+    }
+
     /// `kind` indexes [`TIMEOUT_KINDS`].
     pub fn timeout(&self, kind: usize) {
         self.timeouts[kind].inc();

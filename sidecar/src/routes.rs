@@ -17,7 +17,6 @@ use crate::limits::ConcurrencyLimit;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::retry::{Refusal, RetryBudget};
 use pingora_load_balancing::health_check::HealthCheck;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// One service's policy and the state that enforces it.
 pub struct ServiceRoute {
@@ -28,16 +27,12 @@ pub struct ServiceRoute {
     pub budget: RetryBudget,
     /// The active health checker, when the table configures one.
     pub health: Option<Arc<dyn HealthCheck + Send + Sync>>,
-    /// Retries refused, by reason (index: `Refusal::ALL`).
-    pub refusals: [AtomicU64; 6],
     pub metrics: RouteMetrics,
 }
 
 impl ServiceRoute {
+    /// Counts a retry the policy refused (`/metrics` and `/breakers` read the same counters).
     pub fn count_refusal(&self, r: Refusal) {
-        if let Some(i) = Refusal::ALL.iter().position(|x| *x == r) {
-            self.refusals[i].fetch_add(1, Ordering::Relaxed);
-        }
         self.metrics.refusal(r);
     }
 
@@ -54,15 +49,6 @@ impl ServiceRoute {
                 self.metrics.ejections.inc();
             }
         }
-    }
-
-    /// Refusals by reason, for the admin port.
-    pub fn refusal_counts(&self) -> std::collections::BTreeMap<&'static str, u64> {
-        Refusal::ALL
-            .iter()
-            .zip(&self.refusals)
-            .map(|(r, n)| (r.as_str(), n.load(Ordering::Relaxed)))
-            .collect()
     }
 }
 
@@ -100,7 +86,6 @@ impl Routes {
                     .health_check
                     .as_ref()
                     .map(|h| crate::health::checker(name, h)),
-                refusals: Default::default(),
                 metrics: mesh.metrics.route("outbound", &mesh.service, name),
             });
             if route.balancer.is_dynamic() {
