@@ -31,17 +31,7 @@ command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
 command -v gcc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 
 if ((${#missing[@]} > 0)); then
-    command -v apt-get >/dev/null 2>&1 \
-        || die "missing ${missing[*]} and no apt-get here: install them by hand"
-    sudo_cmd=()
-    if [[ "$(id -u)" -ne 0 ]]; then
-        command -v sudo >/dev/null 2>&1 || die "missing ${missing[*]}: run as root or install sudo"
-        sudo_cmd=(sudo)
-    fi
-    log "installing Debian packages: ${missing[*]}"
-    "${sudo_cmd[@]}" apt-get update -qq
-    "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    "$ROOT/scripts/apt-install.sh" "${missing[@]}"
 fi
 # nginx and haproxy live in /usr/sbin, which a non-root PATH may lack.
 export PATH="$PATH:/usr/sbin:/sbin"

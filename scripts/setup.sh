@@ -32,17 +32,7 @@ elif ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then
 fi
 
 if ((${#missing[@]} > 0)); then
-    command -v apt-get >/dev/null 2>&1 \
-        || die "missing ${missing[*]} and no apt-get here: install them by hand"
-    sudo_cmd=()
-    if [[ "$(id -u)" -ne 0 ]]; then
-        command -v sudo >/dev/null 2>&1 || die "missing ${missing[*]}: run as root or install sudo"
-        sudo_cmd=(sudo)
-    fi
-    log "installing Debian packages: ${missing[*]}"
-    "${sudo_cmd[@]}" apt-get update -qq
-    "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    "$ROOT/scripts/apt-install.sh" "${missing[@]}"
 fi
 
 # --- Rust toolchain (cannot be installed from here: only checked) --------------------------
