@@ -33,26 +33,25 @@ fn app(instance: &str, extra: &[&str]) -> Proc {
     p
 }
 
-fn sidecar(table: &Path) -> Proc {
-    let p = Proc::start(
-        "sidecar",
-        &[
-            "--service",
-            "a",
-            "--table",
-            table.to_str().unwrap(),
-            "--outbound",
-            "127.0.0.1:0",
-            "--inbound",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--app",
-            "127.0.0.1:9",
-            "--poll-interval",
-            "100ms",
-        ],
-    );
+fn sidecar(table: &Path, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "--service",
+        "a",
+        "--table",
+        table.to_str().unwrap(),
+        "--outbound",
+        "127.0.0.1:0",
+        "--inbound",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--app",
+        "127.0.0.1:9",
+        "--poll-interval",
+        "100ms",
+    ];
+    args.extend_from_slice(extra);
+    let p = Proc::start("sidecar", &args);
     wait_http_ok(p.addr("admin"), "/ready", Duration::from_secs(30));
     p
 }
@@ -153,7 +152,7 @@ breaker = {{ consecutive_failures = 1, max_ejected_percent = 100 }}
             bad2.addr("app")
         ),
     );
-    let sc = sidecar(&table);
+    let sc = sidecar(&table, &[]);
 
     assert_reason(&call(&sc, "nope", &[]), 404, "unknown-service");
     let r = call(&sc, "dead", &[]);
@@ -323,7 +322,7 @@ breaker = {{ consecutive_failures = 1000 }}
             good.addr("app")
         ),
     );
-    let sc = sidecar(&table);
+    let sc = sidecar(&table, &[]);
     for i in 0..10 {
         let r = call(&sc, "b", &[]);
         assert_eq!(
@@ -382,27 +381,7 @@ fn the_access_log_has_one_json_line_per_request_with_its_outcome() {
             b.addr("app")
         ),
     );
-    let sc = Proc::start(
-        "sidecar",
-        &[
-            "--service",
-            "a",
-            "--table",
-            table.to_str().unwrap(),
-            "--outbound",
-            "127.0.0.1:0",
-            "--inbound",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--app",
-            "127.0.0.1:9",
-            "--access-log",
-            "--log-format",
-            "json",
-        ],
-    );
-    wait_http_ok(sc.addr("admin"), "/ready", Duration::from_secs(30));
+    let sc = sidecar(&table, &["--access-log", "--log-format", "json"]);
     let trace = "0af7651916cd43dd8448eb211c80319c";
     let ok = call(
         &sc,
