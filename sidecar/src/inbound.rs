@@ -86,9 +86,7 @@ impl ProxyHttp for Inbound {
                 &detail,
                 0,
             );
-            if let Err(e) = session.as_mut().write_error_response(h, body).await {
-                tracing::debug!(error = %e, "could not send the error response downstream");
-            }
+            reason::send(session, h, body).await;
             return Ok(true);
         }
         Ok(false)
@@ -169,9 +167,7 @@ impl ProxyHttp for Inbound {
         let detail = format!("app {} of service {}: {e}", self.app, self.mesh.service);
         let (h, body) = reason::response(reason, "inbound", &self.mesh.service, &detail, 0);
         let status = reason.status();
-        if let Err(e) = session.as_mut().write_error_response(h, body).await {
-            tracing::debug!(error = %e, "could not send the error response downstream");
-        }
+        reason::send(session, h, body).await;
         FailToProxy {
             error_code: status,
             can_reuse_downstream: false,

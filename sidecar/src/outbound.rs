@@ -214,9 +214,7 @@ impl Outbound {
     ) {
         ctx.answered = Some(reason);
         let (h, body) = reason::response(reason, "outbound", &self.mesh.service, detail, attempts);
-        if let Err(e) = session.as_mut().write_error_response(h, body).await {
-            tracing::debug!(error = %e, "could not send the error response downstream");
-        }
+        reason::send(session, h, body).await;
     }
 }
 
@@ -374,8 +372,17 @@ impl ProxyHttp for Outbound {
         if let Some(after) = hedge::wants_hedge(&route, session.req_header()) {
             let host =
                 authority_value(session.req_header()).unwrap_or(http::HeaderValue::from_static(""));
-            let served =
-                hedge::serve(&self.hedger, session, &route, &host, ctx.deadline, after).await;
+            // Boxed: the hedging future is large and most requests are not hedged (see
+            // reason::send for why that matters).
+            let served = Box::pin(hedge::serve(
+                &self.hedger,
+                session,
+                &route,
+                &host,
+                ctx.deadline,
+                after,
+            ))
+            .await;
             ctx.route = Some(route);
             match served {
                 Ok(attempts) => ctx.attempts = attempts,

@@ -3,6 +3,9 @@
 //! Each carries `x-mesh-error: <reason>` (one token from [`Reason`]), an RFC 9209
 //! `Proxy-Status` header and a one-line text body saying the same in words.
 
+use std::future::Future;
+use std::pin::Pin;
+
 use bytes::Bytes;
 use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_http::ResponseHeader;
@@ -113,6 +116,23 @@ pub fn attempts_value(n: u32) -> http::HeaderValue {
         Some(s) => http::HeaderValue::from_static(s),
         None => http::HeaderValue::from(n),
     }
+}
+
+/// Writes one of the sidecar's own answers downstream.
+///
+/// Boxed on purpose: Pingora's write future is large, and awaited inline it would be part of
+/// the calling phase's future, which `async_trait` moves into a box on every request, answered
+/// or not (measured: ~17k instructions of memcpy per request in the outbound `request_filter`).
+pub fn send(
+    session: &mut Session,
+    header: ResponseHeader,
+    body: Bytes,
+) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+    Box::pin(async move {
+        if let Err(e) = session.as_mut().write_error_response(header, body).await {
+            tracing::debug!(error = %e, "could not send the error response downstream");
+        }
+    })
 }
 
 /// A complete error response: header and body.

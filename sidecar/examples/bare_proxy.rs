@@ -1,0 +1,87 @@
+//! A bare Pingora reverse proxy: the floor the sidecar is measured against in `make bench`.
+//!
+//! One listener, one upstream, nothing in any phase but `upstream_peer`, the same Pingora
+//! version, server configuration and build profile as the sidecar. What the sidecar costs above
+//! this is ours; what this costs above nginx is Pingora's.
+//!
+//! ```text
+//! bare_proxy LISTEN UPSTREAM [--threads N] [--timeouts]
+//! ```
+//! `--timeouts` sets the connect, read, write and idle timeouts on the peer as the sidecar does
+//! (each read and write then arms a timer), to price them separately.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::Server;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::Result;
+use pingora_proxy::{http_proxy_service_with_name, ProxyHttp, Session};
+
+struct Bare {
+    upstream: SocketAddr,
+    timeouts: bool,
+}
+
+#[async_trait]
+impl ProxyHttp for Bare {
+    type CTX = ();
+
+    fn new_ctx(&self) {}
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
+        let mut peer = HttpPeer::new(self.upstream, false, String::new());
+        if self.timeouts {
+            peer.options.connection_timeout = Some(Duration::from_secs(1));
+            peer.options.read_timeout = Some(Duration::from_secs(15));
+            peer.options.write_timeout = Some(Duration::from_secs(15));
+            peer.options.idle_timeout = Some(Duration::from_secs(60));
+        }
+        Ok(Box::new(peer))
+    }
+}
+
+fn usage() -> ! {
+    eprintln!("usage: bare_proxy LISTEN_ADDR UPSTREAM_ADDR [--threads N] [--timeouts]");
+    std::process::exit(2);
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let (Some(listen), Some(upstream)) = (args.next(), args.next()) else {
+        usage()
+    };
+    let upstream: SocketAddr = upstream.parse().unwrap_or_else(|e| {
+        eprintln!("bare_proxy: upstream {upstream:?}: {e}");
+        std::process::exit(2)
+    });
+    let (mut threads, mut timeouts) = (1, false);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--threads" => {
+                threads = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| usage())
+            }
+            "--timeouts" => timeouts = true,
+            _ => usage(),
+        }
+    }
+    let conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(1),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut svc =
+        http_proxy_service_with_name(&server.configuration, Bare { upstream, timeouts }, "bare");
+    svc.add_tcp(&listen);
+    server.add_service(svc);
+    println!("LISTENING {{\"proxy\":\"{listen}\"}}");
+    server.run_forever()
+}
