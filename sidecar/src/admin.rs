@@ -120,6 +120,10 @@ async fn endpoints(State(s): State<AdminState>) -> Json<serde_json::Value> {
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {
+    if !s.mesh.metrics.per_request() {
+        let off = json!({ "error": "metrics are off: this sidecar runs with --metrics off" });
+        return (axum::http::StatusCode::NOT_FOUND, Json(off)).into_response();
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -60,6 +60,11 @@ pub struct Args {
     #[arg(long, env = "MESH_ACCESS_LOG")]
     pub access_log: bool,
 
+    /// Prometheus metrics on the admin port's /metrics: on, or off (no counting or timing on
+    /// the request path; /metrics answers 404).
+    #[arg(long, env = "MESH_METRICS", value_enum, default_value = "on")]
+    pub metrics: Switch,
+
     /// Log format on stderr: text or json (one JSON object per line).
     #[arg(long, env = "MESH_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -95,6 +100,12 @@ impl Args {
         }
         Ok(())
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -10,7 +10,7 @@ use pingora_core::services::background::background_service;
 use pingora_proxy::http_proxy_service_with_name;
 
 use sidecar::admin::{AdminService, AdminState};
-use sidecar::config::{Args, LogFormat};
+use sidecar::config::{Args, LogFormat, Switch};
 use sidecar::health::HealthChecker;
 use sidecar::inbound::Inbound;
 use sidecar::metrics::Metrics;
@@ -49,7 +49,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         (None, Some(path)) => Origin::File { path: path.clone() },
         (None, None) => unreachable!("Args::check requires a source"),
     };
-    let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+    let metrics = Metrics::with_per_request(args.metrics == Switch::On);
+    let metrics = Arc::new(metrics.context("registering metrics")?);
     let mesh = Mesh::new(
         args.service.clone(),
         args.env.clone(),

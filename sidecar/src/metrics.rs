@@ -36,6 +36,10 @@ pub const TIMEOUT_KINDS: [&str; 4] = ["connect", "per_try", "request", "deadline
 
 pub struct Metrics {
     pub registry: Registry,
+    /// Whether requests are counted and timed (`--metrics off` turns it off, for the bench and
+    /// for whoever does not scrape). Counters of rare events (refusals, ejections, errors)
+    /// count either way: `/breakers` reads them.
+    per_request: bool,
     requests: IntCounterVec,
     duration: HistogramVec,
     attempts: IntCounterVec,
@@ -65,6 +69,7 @@ pub struct RouteMetrics {
     pub overflows: IntCounter,
     errors: IntCounterVec,
     labels: [String; 3],
+    per_request: bool,
 }
 
 fn counter(
@@ -96,7 +101,14 @@ fn gauge(name: &str, help: &str, r: &Registry) -> prometheus::Result<IntGauge> {
 }
 
 impl Metrics {
+    /// Every family registered, requests counted and timed.
     pub fn new() -> prometheus::Result<Metrics> {
+        Metrics::with_per_request(true)
+    }
+
+    /// `per_request: false`: no counting or timing on the request path, and `/metrics`
+    /// says metrics are off instead of serving zeros.
+    pub fn with_per_request(per_request: bool) -> prometheus::Result<Metrics> {
         let r = Registry::new();
         let route = ["direction", "service", "upstream"];
         let requests = counter(
@@ -115,6 +127,7 @@ impl Metrics {
         )?;
         r.register(Box::new(duration.clone()))?;
         Ok(Metrics {
+            per_request,
             requests,
             duration,
             attempts: counter(
@@ -202,7 +215,13 @@ impl Metrics {
             overflows: self.overflows.with_label_values(&l),
             errors: self.errors.clone(),
             labels: l.map(str::to_owned),
+            per_request: self.per_request,
         }
+    }
+
+    /// Whether requests are counted (`--metrics on`).
+    pub fn per_request(&self) -> bool {
+        self.per_request
     }
 
     /// The text exposition, with state gauges refreshed from `mesh`.
@@ -252,6 +271,9 @@ impl Metrics {
 impl RouteMetrics {
     /// One request done: its status (`None`: no response at all) and duration.
     pub fn request(&self, status: Option<u16>, seconds: f64) {
+        if !self.per_request {
+            return;
+        }
         let i = match status {
             Some(s @ 100..=599) => usize::from(s / 100) - 1,
             _ => 5,
@@ -262,6 +284,9 @@ impl RouteMetrics {
 
     /// `result` indexes [`ATTEMPT_RESULTS`].
     pub fn attempt(&self, result: usize) {
+        if !self.per_request {
+            return;
+        }
         self.attempts[result].inc();
     }
 
@@ -296,5 +321,37 @@ impl RouteMetrics {
         self.errors
             .with_label_values(&[d.as_str(), s.as_str(), u.as_str(), reason])
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count_one_ok(m: &Metrics) -> (u64, u64) {
+        let r = m.route("outbound", "a", "b");
+        r.request(Some(200), 0.001);
+        r.attempt(0);
+        (r.class[1].get(), r.attempts[0].get())
+    }
+
+    #[test]
+    fn per_request_counting_follows_the_switch() {
+        let on = Metrics::new().unwrap();
+        assert_eq!(count_one_ok(&on), (1, 1));
+        assert_eq!(
+            count_one_ok(&on),
+            (2, 2),
+            "handles of one route share their counters"
+        );
+        let off = Metrics::with_per_request(false).unwrap();
+        assert_eq!(count_one_ok(&off), (0, 0));
+        let r = off.route("outbound", "a", "b");
+        r.refusal(Refusal::ALL[0]);
+        assert_eq!(
+            r.refusal_counts()[Refusal::ALL[0].as_str()],
+            1,
+            "rare events count either way: /breakers reads them"
+        );
     }
 }

@@ -429,3 +429,33 @@ fn the_access_log_has_one_json_line_per_request_with_its_outcome() {
         "{second}"
     );
 }
+
+#[test]
+fn metrics_off_counts_nothing_and_says_so() {
+    let up = app("up", &[]);
+    let table = temp_table(
+        "off",
+        &format!(
+            "version = 1\n[services.b]\nendpoints = [\"{}\"]\n",
+            up.addr("app")
+        ),
+    );
+    let on = sidecar(&table, &[]);
+    let off = sidecar(&table, &["--metrics", "off"]);
+    for sc in [&on, &off] {
+        assert_eq!(call(sc, "b", &[]).status, 200);
+    }
+    let counted = |m: &str| {
+        sample(
+            m,
+            "meshlab_requests_total",
+            &[("upstream", "b"), ("class", "2xx")],
+        )
+    };
+    assert_eq!(counted(&metrics(&on)), 1.0, "on: the request is counted");
+    let r = get(off.addr("admin"), "/metrics").unwrap();
+    assert_eq!(r.status, 404, "off: /metrics says so: {r:?}");
+    assert!(r.body.contains("--metrics off"), "{}", r.body);
+    let b = get(off.addr("admin"), "/breakers").unwrap();
+    assert_eq!(b.status, 200, "the rest of the admin port works: {b:?}");
+}
