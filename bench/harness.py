@@ -13,6 +13,7 @@ What it does, in order (every figure comes from this one run):
        nginx     client -> nginx (upstream keepalive) -> backend
        haproxy   client -> HAProxy (http-reuse always) -> backend
        policies  client -> sidecar outbound with every policy on -> backend
+       pingora   client -> a bare Pingora proxy (sidecar/examples/bare_proxy.rs) -> backend
   2. reads each proxy's RSS idle, warms every setup up, then measures saturation throughput with
      wrk (-t1 -c50), interleaved: A B C D E F, A B C D E F, ... and reports medians; CPU per
      request = the proxy processes' utime+stime (/proc/PID/stat) over the requests served;
@@ -21,8 +22,10 @@ What it does, in order (every figure comes from this one run):
      latency correction: p50 / p90 / p99 / p99.9 and the latency added over direct;
   5. RSS with 1,000 idle keep-alive client connections;
   6. allocations per request with a second set of proxies under bench/.tools/malloc_count.so;
-  7. the control-plane figures from bench/cp_bench.py, when it exists;
-  8. writes bench/results/<date>-<sha>.{md,json} and <date>-<sha>-latency.png.
+  7. instructions per request under callgrind (deterministic: the ratios a rerun reproduces
+     to about 1%, whatever else the machine does);
+  8. the control-plane figures from bench/cp_bench.py, when it exists;
+  9. writes bench/results/<date>-<sha>.{md,json} and <date>-<sha>-latency.png.
 
 It exits non-zero only when it could not measure at all (no backend, no setup measured).
 """
@@ -60,7 +63,7 @@ IDLE_CONNECTIONS = 1000
 RT_DUMP_SIGNAL = signal.SIGRTMIN + 6
 BODY = ("meshlab-bench " * 7)[:97] + "\n"  # 98 bytes
 
-SETUPS = ["direct", "sidecar", "mesh", "nginx", "haproxy", "policies"]
+SETUPS = ["direct", "sidecar", "mesh", "nginx", "haproxy", "policies", "pingora"]
 TITLES = {
     "direct": "1 direct",
     "sidecar": "2 sidecar",
@@ -68,6 +71,7 @@ TITLES = {
     "nginx": "4 nginx",
     "haproxy": "5 HAProxy",
     "policies": "6 sidecar+policies",
+    "pingora": "7 bare Pingora",
 }
 DESCRIPTIONS = {
     "direct": "wrk -> backend (the limit)",
@@ -76,8 +80,17 @@ DESCRIPTIONS = {
     "nginx": "wrk -> nginx reverse proxy (upstream keepalive) -> backend",
     "haproxy": "wrk -> HAProxy (http-reuse always) -> backend",
     "policies": "wrk -> sidecar outbound with retries, budget, breaker, p2c-ewma over 2 "
-    "endpoints, health checks every 1 s, concurrency limit -> backend",
+    "endpoints, health checks every 1 s, concurrency limit, metrics on, tracing at 1% -> backend",
+    "pingora": "wrk -> bare Pingora proxy (same Pingora, server config and build profile as the "
+    "sidecar, nothing in any phase but upstream_peer) -> backend: the floor for any "
+    "Pingora-based proxy",
 }
+# Extra sidecar flags per setup: setups 2 and 3 are the sidecar with everything off.
+SIDECAR_FLAGS_NONE = ["--metrics", "off"]
+# Setup 6's tracing: parent-based 1% sampling, exported to the harness's own OTLP/HTTP sink.
+TRACE_SAMPLE = "0.01"
+# The setups measured under callgrind (instructions per request) and the requests each gets.
+INSTR_SETUPS = ["sidecar", "mesh", "nginx", "haproxy", "policies", "pingora"]
 
 
 class Mode:
@@ -85,15 +98,19 @@ class Mode:
         self.quick = quick
         self.name = "quick" if quick else "full"
         self.reps = 1 if quick else 5
-        self.duration = 5 if quick else 15
+        self.duration = 4 if quick else 15
         self.warmup = 1 if quick else 3
         self.extra_reps = 1 if quick else 3
         self.extra_duration = 3 if quick else 10
-        self.extra_setups = ["sidecar", "nginx"] if quick else ["direct", "sidecar", "mesh",
-                                                                 "nginx", "haproxy", "policies"]
+        # POST and the header mix: full mode only (quick mode stays under 2 minutes).
+        self.extra_setups = [] if quick else ["direct", "sidecar", "mesh", "nginx", "haproxy",
+                                              "policies", "pingora"]
         self.latency_reps = 1 if quick else 3
-        self.latency_duration = 3 if quick else 10
-        self.alloc_duration = 2 if quick else 5
+        self.latency_duration = 2 if quick else 10
+        self.alloc_duration = 1 if quick else 5
+        self.instr_requests = 1000 if quick else 10000
+        # The mesh hop is two sidecars: about twice setup 2, and slow to start under valgrind.
+        self.instr_setups = [k for k in INSTR_SETUPS if not (quick and k == "mesh")]
         self.threads = [1] if quick else [1, 2]
         self.profile = not quick
 
@@ -338,10 +355,11 @@ http {{
 """
 
 
-def nginx_proxy_conf(run_dir: Path, name: str, port: int, backend: int, threads: int) -> str:
+def nginx_proxy_conf(run_dir: Path, name: str, port: int, backend: int, threads: int,
+                     master: bool = True) -> str:
     return f"""# nginx reverse proxy: {threads} worker(s), upstream keepalive, no access log
 daemon off;
-master_process on;
+master_process {"on" if master else "off"};
 worker_processes {threads};
 worker_rlimit_nofile 16384;
 pid {run_dir}/{name}.pid;
@@ -406,8 +424,8 @@ breaker = {{ consecutive_failures = 1000, max_ejected_percent = 0, max_concurren
 def table_policies(endpoints: list[str]) -> str:
     eps = ", ".join(f'"{e}"' for e in endpoints)
     return f"""# setup 6: every policy on. Two endpoints (two listening ports of the same backend
-# process) so p2c-ewma has a choice and the breaker something to eject. The sidecar's
-# metrics are always on (every sidecar setup has them); tracing does not exist yet.
+# process) so p2c-ewma has a choice and the breaker something to eject. Metrics on and
+# tracing at 1% (OTEL_* variables).
 version = 1
 [services.b]
 endpoints = [{eps}]
@@ -423,6 +441,36 @@ breaker = {{ consecutive_failures = 5, base_ejection_ms = 30000, max_ejection_ms
 # starting things
 
 
+class OtlpSink:
+    """An OTLP/HTTP endpoint that accepts span exports and counts them: setup 6's tracing
+    exports somewhere real, and the report says how much arrived. It does not decode them
+    (the sidecar's tests do that); an empty body is a valid ExportTraceServiceResponse."""
+
+    def __init__(self):
+        import http.server
+        sink = self
+        self.requests = 0
+        self.bytes = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                n = int(self.headers.get("content-length") or 0)
+                self.rfile.read(n)
+                sink.requests += 1
+                sink.bytes += n
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *_):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
 class Lab:
     def __init__(self, args, run_dir: Path):
         self.args = args
@@ -434,6 +482,9 @@ class Lab:
         self.backend_ports: list[int] = []
         self.backend: Proc | None = None
         self.features: dict = {}
+        self.otlp = OtlpSink()
+        # A command prefix for every proxy started (valgrind for the instruction pass).
+        self.wrap: list[str] = []
 
     def shim_env(self, on: bool, dump_signal: int) -> dict:
         if not on:
@@ -445,8 +496,9 @@ class Lab:
     def start_nginx(self, name: str, conf: str, cpus: str, shim: bool = False) -> Proc:
         path = self.run_dir / f"{name}.conf"
         path.write_text(conf)
-        return Proc(name, ["nginx", "-p", str(self.run_dir), "-e", str(self.run_dir / f"{name}.error.log"),
-                           "-c", str(path)], cpus, self.run_dir,
+        return Proc(name, [*self.wrap, "nginx", "-p", str(self.run_dir), "-e",
+                           str(self.run_dir / f"{name}.error.log"), "-c", str(path)],
+                    cpus, self.run_dir,
                     env=self.shim_env(shim, RT_DUMP_SIGNAL), dump_signal=RT_DUMP_SIGNAL)
 
     def start_backend(self) -> str:
@@ -462,14 +514,15 @@ class Lab:
         return f"127.0.0.1:{self.backend_ports[i]}"
 
     def start_sidecar(self, name: str, table: str, threads: int, cpus: str, app: str,
-                      shim: bool, listener: str) -> tuple[Proc, str]:
+                      shim: bool, listener: str, flags: list[str] = (),
+                      env: dict | None = None) -> tuple[Proc, str]:
         table_path = self.run_dir / f"{name}.toml"
         table_path.write_text(table)
-        argv = [str(self.bin_dir / "sidecar"), "--service", "b" if listener == "inbound" else "client",
+        argv = [*self.wrap, str(self.bin_dir / "sidecar"), "--service", "b" if listener == "inbound" else "client",
                 "--table", str(table_path), "--outbound", "127.0.0.1:0", "--inbound", "127.0.0.1:0",
                 "--admin", "127.0.0.1:0", "--app", app, "--threads", str(threads),
-                "--shutdown-grace-s", "1"]
-        env = {"RUST_LOG": os.environ.get("BENCH_RUST_LOG", "info")}
+                "--shutdown-grace-s", "1", *flags]
+        env = {"RUST_LOG": os.environ.get("BENCH_RUST_LOG", "info"), **(env or {})}
         env.update(self.shim_env(shim, signal.SIGUSR2))
         p = Proc(name, argv, cpus, self.run_dir, env=env, dump_signal=signal.SIGUSR2)
         found = {}
@@ -483,10 +536,9 @@ class Lab:
                     return True
             return False
 
-        wait_for(listening, 30, f"{name}'s LISTENING line")
-        wait_for(lambda: http_status(found["admin"], "/ready") == 200, 30, f"{name} /ready")
-        if "metrics" not in self.features:
-            self.features["metrics"] = http_status(found["admin"], "/metrics") == 200
+        slow = 4 if self.wrap else 1  # under valgrind everything starts slower
+        wait_for(listening, 30 * slow, f"{name}'s LISTENING line")
+        wait_for(lambda: http_status(found["admin"], "/ready") == 200, 30 * slow, f"{name} /ready")
         return p, found[listener]
 
     def start_setups(self, threads: int, shim: bool = False, only: list[str] | None = None,
@@ -500,7 +552,8 @@ class Lab:
                 s = self.start_setup(key, threads, cpus, suffix, shim)
                 if s is None:
                     continue
-                wait_for(lambda s=s: http_status(s.addr) == 200, 15, f"setup {key} on {s.addr}")
+                wait_for(lambda s=s: http_status(s.addr) == 200, 60 if self.wrap else 15,
+                         f"setup {key} on {s.addr}")
                 setups[key] = s
             except (RuntimeError, OSError) as e:
                 log(f"setup {key} did not start: {e}")
@@ -517,22 +570,27 @@ class Lab:
         if key == "sidecar":
             table = table_plain(backend)
             p, addr = self.start_sidecar(f"sidecar{suffix}", table, threads, cpus, backend,
-                                         shim, "outbound")
-            return Setup("sidecar", addr, [p], table)
+                                         shim, "outbound", SIDECAR_FLAGS_NONE)
+            return Setup("sidecar", addr, [p],
+                         f"# sidecar --threads {threads} {' '.join(SIDECAR_FLAGS_NONE)}\n{table}")
         if key == "mesh":
             table_in = table_plain(backend)
             pin, in_addr = self.start_sidecar(f"mesh-inbound{suffix}", table_in, threads, cpus,
-                                              backend, shim, "inbound")
+                                              backend, shim, "inbound", SIDECAR_FLAGS_NONE)
             table_out = table_plain(in_addr)
             pout, out_addr = self.start_sidecar(f"mesh-outbound{suffix}", table_out, threads,
-                                                cpus, backend, shim, "outbound")
+                                                cpus, backend, shim, "outbound",
+                                                SIDECAR_FLAGS_NONE)
+            none = " ".join(SIDECAR_FLAGS_NONE)
             return Setup("mesh", out_addr, [pout, pin],
-                         f"# outbound sidecar (--threads {threads})\n{table_out}\n"
-                         f"# inbound sidecar (--threads {threads} --app {backend})\n{table_in}")
+                         f"# outbound sidecar (--threads {threads} {none})\n{table_out}\n"
+                         f"# inbound sidecar (--threads {threads} --app {backend} {none})\n"
+                         f"{table_in}")
         if key == "nginx":
             port = free_port()
             name = f"nginx{suffix}"
-            conf = nginx_proxy_conf(self.run_dir, name, port, self.backend_ports[0], threads)
+            conf = nginx_proxy_conf(self.run_dir, name, port, self.backend_ports[0], threads,
+                                    master=not self.wrap)
             p = self.start_nginx(name, conf, cpus, shim)
             return Setup("nginx", f"127.0.0.1:{port}", [p], conf)
         if key == "haproxy":
@@ -540,14 +598,31 @@ class Lab:
             conf = haproxy_conf(port, self.backend_ports[0], threads)
             path = self.run_dir / f"haproxy{suffix}.cfg"
             path.write_text(conf)
-            p = Proc(f"haproxy{suffix}", ["haproxy", "-db", "-f", str(path)], cpus, self.run_dir,
+            p = Proc(f"haproxy{suffix}", [*self.wrap, "haproxy", "-db", "-f", str(path)], cpus,
+                     self.run_dir,
                      env=self.shim_env(shim, RT_DUMP_SIGNAL), dump_signal=RT_DUMP_SIGNAL)
             return Setup("haproxy", f"127.0.0.1:{port}", [p], conf)
         if key == "policies":
             table = table_policies([self.backend_addr(0), self.backend_addr(1)])
+            env = {"OTEL_EXPORTER_OTLP_ENDPOINT": self.otlp.url,
+                   "OTEL_SERVICE_NAME": "bench-client",
+                   "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                   "OTEL_TRACES_SAMPLER_ARG": TRACE_SAMPLE}
             p, addr = self.start_sidecar(f"policies{suffix}", table, threads, cpus, backend,
-                                         shim, "outbound")
-            return Setup("policies", addr, [p], f"# sidecar --threads {threads}\n{table}")
+                                         shim, "outbound", env=env)
+            envs = " ".join(f"{k}={v}" for k, v in env.items())
+            return Setup("policies", addr, [p],
+                         f"# {envs} sidecar --threads {threads}\n{table}")
+        if key == "pingora":
+            port = free_port()
+            argv = [*self.wrap, str(self.bin_dir / "examples" / "bare_proxy"),
+                    f"127.0.0.1:{port}", backend, "--threads", str(threads)]
+            env = self.shim_env(shim, signal.SIGUSR2)
+            p = Proc(f"pingora{suffix}", argv, cpus, self.run_dir, env=env,
+                     dump_signal=signal.SIGUSR2)
+            return Setup("pingora", f"127.0.0.1:{port}", [p],
+                         f"# {' '.join(argv[len(self.wrap):])}\n"
+                         "# sidecar/examples/bare_proxy.rs: HttpPeer to the backend, no timeouts")
         raise ValueError(key)
 
 
@@ -763,6 +838,88 @@ def alloc_pass(lab: Lab, threads: int, duration: float) -> dict:
     return results
 
 
+def callgrind_total(path: Path) -> int | None:
+    """The event total of one callgrind dump (its `summary:` or `totals:` line)."""
+    try:
+        for line in path.read_text(errors="replace").splitlines():
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def instructions_pass(lab: Lab, oha: str | None, requests: int, keys: list[str]) -> dict:
+    """Instructions per request under callgrind, one setup at a time, 1 thread.
+
+    Each proxy runs under `valgrind --tool=callgrind`; after a warm-up its counters are zeroed
+    (callgrind_control -z), oha sends exactly `requests` GETs over 10 connections, and the
+    counters are dumped (-d). The count is every instruction the proxy's threads executed in
+    user space (background tasks included), divided by the requests: deterministic for a
+    binary and its inputs, so it reproduces to about 1% whatever else the machine does,
+    unlike CPU time. Kernel time is not in it: the syscalls are the same few per request for
+    every proxy here (see the CPU split above)."""
+    if not oha:
+        return {"error": "oha is missing: no fixed-count load generator"}
+    if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
+        return {"error": "valgrind is not installed"}
+    cg_dir = lab.run_dir / "callgrind"
+    cg_dir.mkdir(exist_ok=True)
+    results: dict = {}
+    for key in keys:
+        lab.wrap = ["valgrind", "--tool=callgrind", "--quiet",
+                    f"--callgrind-out-file={cg_dir}/{key}.%p"]
+        failed: dict = {}
+        try:
+            setups = lab.start_setups(1, only=[key], failed=failed)
+        finally:
+            lab.wrap = []
+        if key not in setups:
+            results[key] = {"error": f"did not start under valgrind: {failed.get(key, '?')}"}
+            continue
+        s = setups[key]
+        pids = [p.pid for p in s.procs]
+        try:
+            load = ["taskset", "-c", CPU_LOAD, oha, "-c", "10", "--no-tui", "-H", f"Host: {s.host}"]
+            subprocess.run([*load, "-n", str(max(200, requests // 5)), s.url + "/warm"],
+                           capture_output=True, timeout=300)
+            for pid in pids:
+                subprocess.run(["callgrind_control", "-z", str(pid)], capture_output=True,
+                               timeout=60)
+            t0 = time.monotonic()
+            r = subprocess.run([*load, "-n", str(requests), "--output-format", "json",
+                                s.url + "/bench"], capture_output=True, text=True, timeout=600)
+            took = time.monotonic() - t0
+            ok = None
+            try:
+                codes = json.loads(r.stdout).get("statusCodeDistribution") or {}
+                ok = int(codes.get("200", 0))
+            except (json.JSONDecodeError, ValueError):
+                pass
+            totals = []
+            for pid in pids:
+                subprocess.run(["callgrind_control", "-d", str(pid)], capture_output=True,
+                               timeout=60)
+                dumps = sorted(cg_dir.glob(f"{key}.{pid}.*"))
+                totals.append(callgrind_total(dumps[-1]) if dumps else None)
+            if any(t is None for t in totals) or not ok:
+                results[key] = {"error": f"no callgrind dump or no 200s (200s: {ok})"}
+                continue
+            results[key] = {
+                "requests": requests,
+                "ok": ok,
+                "instructions": sum(totals),
+                "per_request": round(sum(totals) / requests),
+                "per_process": [round(t / requests) for t in totals],
+                "seconds": round(took, 1),
+            }
+            log(f"instructions {key}: {results[key]['per_request']:,} per request "
+                f"({ok}/{requests} ok, {took:.1f} s)")
+        finally:
+            stop_many(s.procs)
+    return results
+
+
 def tidy(line: str) -> str:
     """A perf report line without its padding and empty trailing columns."""
     parts = [p for p in re.split(r"\s{2,}", line.strip()) if p not in ("-", "")]
@@ -948,8 +1105,9 @@ def measure_threads(lab: Lab, mode: Mode, threads: int, oha: str | None, out: di
                     runs[key].append(r)
                     log(f"{script} rep {rep + 1} {key}: {r.get('rps', 0):.0f} req/s "
                         f"{r.get('error', '')}")
-            t[script.removesuffix(".lua")] = {k: {"runs": v, "median": summarize(v)}
-                                              for k, v in runs.items()}
+            if runs:
+                t[script.removesuffix(".lua")] = {k: {"runs": v, "median": summarize(v)}
+                                                  for k, v in runs.items()}
         mark("post_headers")
 
         rates = [t["get"][k]["median"]["rps"] for k in setups if t["get"][k]["median"]["rps"]]
@@ -1021,6 +1179,13 @@ def compute_ratios(out: dict) -> dict:
                 "cpu_vs_haproxy": ratio(g(key, "cpu_us_per_req"), g("haproxy", "cpu_us_per_req")),
                 "cpu_vs_direct": ratio(g(key, "cpu_us_per_req"), direct_cpu),
             }
+        for name, key in (("sidecar", "sidecar"), ("mesh", "mesh"), ("policies", "policies")):
+            r[name]["cpu_vs_pingora"] = ratio(g(key, "cpu_us_per_req"),
+                                              g("pingora", "cpu_us_per_req"))
+        r["pingora"] = {
+            "rps_vs_nginx": ratio(g("pingora", "rps"), g("nginx", "rps")),
+            "cpu_vs_nginx": ratio(g("pingora", "cpu_us_per_req"), g("nginx", "cpu_us_per_req")),
+        }
         r["policies_vs_sidecar"] = {
             "rps": ratio(g("policies", "rps"), g("sidecar", "rps")),
             "cpu": ratio(g("policies", "cpu_us_per_req"), g("sidecar", "cpu_us_per_req")),
@@ -1028,6 +1193,17 @@ def compute_ratios(out: dict) -> dict:
         for k in r:
             r[k] = {a: (round(b, 3) if b is not None else None) for a, b in r[k].items()}
         ratios[th] = r
+    ins = {k: v.get("per_request") for k, v in (out.get("instructions") or {}).items()
+           if isinstance(v, dict)}
+    if any(ins.values()):
+        r = {}
+        for key in ("sidecar", "mesh", "policies", "pingora"):
+            r[key] = {f"vs_{o}": ratio(ins.get(key), ins.get(o))
+                      for o in ("nginx", "haproxy", "pingora") if o != key}
+        r["policies_vs_sidecar"] = {"instr": ratio(ins.get("policies"), ins.get("sidecar"))}
+        for k in r:
+            r[k] = {a: (round(b, 3) if b is not None else None) for a, b in r[k].items()}
+        ratios["instructions"] = r
     return ratios
 
 
@@ -1168,6 +1344,19 @@ def loss_notes(out: dict) -> list[str]:
         notes.append(f"a full mesh hop (outbound + inbound sidecar) costs "
                      f"{m['cpu_us_per_req']:.1f} us CPU per request, "
                      f"{m['cpu_us_per_req'] / n['cpu_us_per_req']:.1f}x one nginx hop.")
+    b = get.get("pingora", {})
+    if b.get("cpu_us_per_req") and s.get("cpu_us_per_req") and n.get("cpu_us_per_req"):
+        notes.append(f"of the sidecar's {s['cpu_us_per_req']:.1f} us, a bare Pingora proxy "
+                     f"already costs {b['cpu_us_per_req']:.1f} us "
+                     f"({b['cpu_us_per_req'] / n['cpu_us_per_req']:.2f}x nginx): the sidecar's "
+                     f"own work is {s['cpu_us_per_req'] - b['cpu_us_per_req']:+.1f} us, Pingora's "
+                     f"{b['cpu_us_per_req'] - n['cpu_us_per_req']:+.1f} us over nginx.")
+    ins = {k: v.get("per_request") for k, v in (out.get("instructions") or {}).items()
+           if isinstance(v, dict)}
+    if ins.get("sidecar") and ins.get("pingora") and ins.get("nginx"):
+        notes.append(f"instructions per request: sidecar {ins['sidecar']:,}, bare Pingora "
+                     f"{ins['pingora']:,}, nginx {ins['nginx']:,}"
+                     + (f", HAProxy {ins['haproxy']:,}" if ins.get("haproxy") else "") + ".")
     pol = get.get("policies", {})
     if pol.get("cpu_us_per_req") and s.get("cpu_us_per_req"):
         d = pol["cpu_us_per_req"] - s["cpu_us_per_req"]
@@ -1344,6 +1533,8 @@ def write_markdown(out: dict, path: Path, png_name: str | None) -> None:
       "| vs backend (direct) |")
     a("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for th, r in out.get("ratios", {}).items():
+        if th == "instructions":
+            continue
         for key in ("sidecar", "mesh", "policies"):
             x = r[key]
             a(f"| {th} | {TITLES[key]} | {fx(x['rps_vs_nginx'])} | {fx(x['rps_vs_haproxy'])} "
@@ -1355,6 +1546,50 @@ def write_markdown(out: dict, path: Path, png_name: str | None) -> None:
     a("CPU/req vs backend: the proxy's CPU per request over the backend nginx's own CPU per "
       "request in the direct setup (what serving the 100-byte answer costs).")
     a("")
+    for th, r in out.get("ratios", {}).items():
+        if th == "instructions" or "pingora" not in r:
+            continue
+        a(f"Against the bare Pingora proxy ({th} thread(s)): CPU/req sidecar "
+          f"{fx(r['sidecar'].get('cpu_vs_pingora'))}, mesh hop {fx(r['mesh'].get('cpu_vs_pingora'))}, "
+          f"sidecar+policies {fx(r['policies'].get('cpu_vs_pingora'))}; bare Pingora against "
+          f"nginx: {fx(r['pingora']['cpu_vs_nginx'])} CPU/req, {fx(r['pingora']['rps_vs_nginx'])} req/s.")
+        a("")
+    ins = out.get("instructions") or {}
+    if ins:
+        a("### Instructions per request (callgrind; repeatable to about 1%)")
+        a("")
+        if "error" in ins:
+            a(f"Not measured: {ins['error']}")
+        else:
+            n = next((v["requests"] for v in ins.values() if "requests" in v), "?")
+            a(f"Each setup alone under `valgrind --tool=callgrind`, 1 thread, counters zeroed "
+              f"after a warm-up, then {n} GETs from oha over 10 connections; user-space "
+              "instructions of every thread of the proxy over the requests. Time-based ratios "
+              "above move with the machine's other load; these do not.")
+            a("")
+            a("| setup | instructions/request | per process | vs nginx | vs HAProxy | vs bare Pingora |")
+            a("| --- | ---: | ---: | ---: | ---: | ---: |")
+            ir = (out.get("ratios") or {}).get("instructions") or {}
+            base = {k: (ins.get(k) or {}).get("per_request") for k in ("nginx", "haproxy", "pingora")}
+            for key in SETUPS:
+                v = ins.get(key)
+                if v is None:
+                    continue
+                if "error" in v:
+                    a(f"| {TITLES[key]} | n/a: {v['error']} | | | | |")
+                    continue
+                pr = v["per_request"]
+                rel = [fx(ratio(pr, base[o])) if base[o] else "-" for o in
+                       ("nginx", "haproxy", "pingora")]
+                a(f"| {TITLES[key]} | {pr:,} | {' + '.join(f'{x:,}' for x in v['per_process'])} "
+                  f"| {rel[0]} | {rel[1]} | {rel[2]} |")
+            p = (ir.get("policies_vs_sidecar") or {}).get("instr")
+            if p:
+                a("")
+                a(f"Every policy on (metrics, tracing at {float(TRACE_SAMPLE):.0%}, retries, "
+                  f"breaker, p2c-ewma, health checks) against none: {fx(p)} the instructions "
+                  f"per request ({100 * (p - 1):+.1f}%).")
+        a("")
     if out.get("previous"):
         pv = out["previous"]
         a(f"### Against the previous run of this commit ({pv['date_time']})")
@@ -1419,7 +1654,8 @@ def compare_previous(prev: dict, out: dict) -> dict | None:
                 p = (pr.get(key) or {}).get(k)
                 if v is None or p is None or p == 0:
                     continue
-                rows.append({"name": f"t{th} {key} {k}", "previous": p, "now": v,
+                label = "instructions" if th == "instructions" else f"t{th}"
+                rows.append({"name": f"{label} {key} {k}", "previous": p, "now": v,
                              "change": v / p - 1})
     if not rows:
         return None
@@ -1432,8 +1668,11 @@ def main() -> int:
     ap.add_argument("--bin-dir", default=str(ROOT / "target" / "release"))
     ap.add_argument("--tools", default=str(BENCH / ".tools"))
     ap.add_argument("--out-dir", default=str(BENCH / "results"))
-    ap.add_argument("--profile", action="store_true", default=os.environ.get("PROFILE", "") not in ("", "0"))
+    ap.add_argument("--profile", action="store_true", default=os.environ.get("BENCH_PROFILE", "") not in ("", "0"),
+                    help="perf-profile the sidecar in quick mode too (env BENCH_PROFILE=1)")
     ap.add_argument("--keep-run-dir", action="store_true")
+    ap.add_argument("--instructions-only", action="store_true",
+                    help="only the callgrind pass (instructions per request), a minute or two")
     ap.add_argument("--threads", help="override the thread counts, e.g. 1,2")
     ap.add_argument("--reps", type=int, help="override the GET repetitions")
     ap.add_argument("--duration", type=int, help="override the seconds of each GET run")
@@ -1530,9 +1769,11 @@ def main() -> int:
         out["notes"].append("oha (open-loop generator) is missing: `cargo install oha` failed "
                             "or was skipped, so latency figures are closed-loop (wrk).")
     if mode.quick:
-        out["notes"].append("QUICK mode: one 5 s repetition per setup, 1 thread only; ratios "
-                            "move by several percent between quick runs. Use `make bench` for "
-                            "5 x 15 s and 2 threads.")
+        out["notes"].append(f"QUICK mode: one {mode.duration} s repetition per setup, 1 thread "
+                            "only, no POST or header-mix runs, no mesh hop under callgrind; "
+                            "time-based ratios move by 10-30% between quick runs on this "
+                            "machine (the instruction counts do not). Use `make bench` for "
+                            "5 x 15 s, 2 threads and every setup.")
 
     lab = Lab(args, run_dir)
     code = 0
@@ -1543,29 +1784,37 @@ def main() -> int:
             log(f"cannot measure: the backend did not start: {e}")
             return 2
         out["backend_config"] = lab.backend_conf
-        for th in mode.threads:
+        for th in [] if args.instructions_only else mode.threads:
             try:
                 measure_threads(lab, mode, th, oha, out)
             except RuntimeError as e:
                 log(f"{th} thread(s): could not measure: {e}")
                 out["notes"].append(f"{th} thread(s): could not measure: {e}")
+        log(f"instructions per request (callgrind, {mode.instr_requests} requests per setup)")
+        out["instructions"] = instructions_pass(lab, oha, mode.instr_requests, mode.instr_setups)
         stop_all()
-        out["sidecar_features"] = lab.features
+        out["trace_exports"] = {"requests": lab.otlp.requests, "bytes": lab.otlp.bytes}
         out["method"].append(
-            ("Sidecar metrics: the Prometheus metrics on the admin port are always on (no flag "
-             "turns them off), so every sidecar setup pays for them. "
-             if lab.features.get("metrics") else
-             "Sidecar metrics: this sidecar serves no /metrics, so no metrics cost is in these "
-             "figures. ")
-            + "Tracing (spans, sampling) does not exist in the sidecar yet: its cost is not in "
-            "setup 6.")
-        log("control plane: bench/cp_bench.py")
-        out["control_plane"] = control_plane(args, mode)
+            "Sidecar metrics and tracing: setups 2 and 3 run with `--metrics off` and no "
+            "OTEL_* variables (nothing counted, no span); setup 6 with metrics on and "
+            f"OTEL_TRACES_SAMPLER=parentbased_traceidratio, OTEL_TRACES_SAMPLER_ARG={TRACE_SAMPLE}, "
+            "exporting over OTLP/HTTP to a sink in the harness, which received "
+            f"{lab.otlp.requests} export request(s), {lab.otlp.bytes:,} bytes, over the run"
+            + (" (none: this sidecar does not export traces, so no tracing cost is in setup 6)."
+               if not lab.otlp.requests else "."))
+
+        if args.instructions_only:
+            out["control_plane"] = {"error": "not measured (--instructions-only)"}
+        else:
+            log("control plane: bench/cp_bench.py")
+            out["control_plane"] = control_plane(args, mode)
     finally:
         stop_all()
 
     measured = any(v["median"]["runs_ok"] for t in out.get("threads", {}).values()
-                   for v in t.get("get", {}).values())
+                   for v in t.get("get", {}).values()) or (
+        args.instructions_only and any("per_request" in v for v in out["instructions"].values()
+                                       if isinstance(v, dict)))
     if not measured:
         log("cannot measure: no setup completed a run")
         code = 2
@@ -1575,7 +1824,7 @@ def main() -> int:
 
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{out['date']}-{out['git']['sha']}"
+    stem = f"{out['date']}-{out['git']['sha']}" + ("-instructions" if args.instructions_only else "")
     json_path, md_path, png_path = (out_dir / f"{stem}.json", out_dir / f"{stem}.md",
                                     out_dir / f"{stem}-latency.png")
     if json_path.exists():
@@ -1615,6 +1864,10 @@ def print_summary(out: dict) -> None:
                   f"{fmt(al.get('allocs_per_req'), 1):>6} allocs/req  "
                   f"p50 {fmt(lat.get('p50'), 0):>6} us  p99 {fmt(lat.get('p99'), 0):>6} us")
     for th, r in out.get("ratios", {}).items():
+        if th == "instructions":
+            print("instruction ratios: " + "; ".join(
+                f"{k} {o.removeprefix('vs_')} {fx(x)}" for k, v in r.items() for o, x in v.items()))
+            continue
         s = r["sidecar"]
         print(f"ratios t{th}: sidecar/nginx rps {fx(s['rps_vs_nginx'])} cpu {fx(s['cpu_vs_nginx'])}; "
               f"sidecar/haproxy rps {fx(s['rps_vs_haproxy'])} cpu {fx(s['cpu_vs_haproxy'])}; "

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `make bench` (QUICK=1 for the short run): installs what the benchmark needs, builds, measures.
-#   - Debian packages wrk, nginx, haproxy, gnuplot-nox: installed only when a command is
-#     missing (apt-get update only then).
-#   - the release build of every binary (cargo build --release --workspace --bins).
+#   - Debian packages wrk, nginx, haproxy, gnuplot-nox, valgrind: installed only when a command
+#     is missing (apt-get update only then).
+#   - the release build of every binary and of the bare Pingora proxy the sidecar is measured
+#     against (sidecar/examples/bare_proxy.rs).
 #   - oha, the open-loop load generator, into bench/.tools/ (cargo install, once); when it
 #     cannot be built the harness falls back to wrk's closed-loop latency and says so.
 #   - bench/.tools/malloc_count.so, the LD_PRELOAD allocation counter (gcc, when the source
@@ -29,6 +30,7 @@ command -v haproxy >/dev/null 2>&1 || [[ -x /usr/sbin/haproxy ]] || missing+=(ha
 command -v gnuplot >/dev/null 2>&1 || missing+=(gnuplot-nox)
 command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
 command -v gcc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+command -v callgrind_control >/dev/null 2>&1 || missing+=(valgrind)
 
 if ((${#missing[@]} > 0)); then
     "$ROOT/scripts/apt-install.sh" "${missing[@]}"
@@ -39,6 +41,7 @@ export PATH="$PATH:/usr/sbin:/sbin"
 # --- the binaries under test -----------------------------------------------------------------
 log "building the release binaries"
 "$CARGO" build --release --workspace --bins
+"$CARGO" build --release -p sidecar --example bare_proxy
 
 # --- oha: open-loop load generator with latency correction ------------------------------------
 mkdir -p "$TOOLS"
