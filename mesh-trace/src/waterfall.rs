@@ -166,8 +166,10 @@ impl Waterfall {
             if let Some(e) = &r.endpoint {
                 label.push_str(&format!(" @ {e}"));
             }
-            label.push(' ');
-            label.push_str(&r.name);
+            if r.hop != "attempt" {
+                label.push(' ');
+                label.push_str(&r.name);
+            }
             if let Some(s) = r.status {
                 label.push_str(&format!(" {s}"));
             }
@@ -283,7 +285,7 @@ mod tests {
             "the root spans the bar:\n{text}"
         );
         assert!(
-            lines[3].contains("  attempt 1 GET 503 [status-503]"),
+            lines[3].contains("  attempt 1 503 [status-503]"),
             "the failed attempt shows its status and reason:\n{text}"
         );
         assert!(
