@@ -324,6 +324,18 @@ impl Supervisor {
         args: &[String],
         log: &Path,
     ) -> Result<Pending, ChildError> {
+        self.spawn_with_env(name, program, args, &[], log)
+    }
+
+    /// [`Supervisor::spawn`] with extra environment variables for the child.
+    pub fn spawn_with_env(
+        &self,
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+        log: &Path,
+    ) -> Result<Pending, ChildError> {
         let open = || {
             OpenOptions::new()
                 .create(true)
@@ -355,6 +367,7 @@ impl Supervisor {
                 cmd.env_remove(key);
             }
         }
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         let parent = std::process::id();
         // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
         // calls (prctl, getppid) without allocating.

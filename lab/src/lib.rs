@@ -17,7 +17,9 @@
 //!   `"prometheus":"http://127.0.0.1:<port>"`;
 //! - stdout, at the end: the summary; with `--json`, one JSON object on one line (at least
 //!   `env`, `duration_s`, `rps`, `requests`, `ok`, `failed`, `errors`, `p50_ms`, `p90_ms`,
-//!   `p99_ms`, `max_ms`, `crashed`), which is then the last line of stdout: `| tail -n1 | jq`;
+//!   `p99_ms`, `max_ms`, `crashed`, `traces`), which is then the last line of stdout:
+//!   `| tail -n1 | jq`; without `--json` the text summary ends with the slowest trace's
+//!   waterfall;
 //! - the start-up table (service, replica, app, outbound, inbound, admin; control plane URL;
 //!   run dir; the Prometheus scrape config, and the Prometheus URL with `--prometheus`) on
 //!   stdout, or on stderr with `--json`;
@@ -43,6 +45,8 @@
 //! - [`prometheus`]: the scrape config of every run, and the `--prometheus` server;
 //! - [`load`]: the open-loop pacer and the load driver;
 //! - [`stats`]: tallies, percentiles, the live line and the summary;
+//! - [`traces`]: the lab's OTLP/HTTP receiver, the children's `OTEL_*` variables and the
+//!   slowest trace as a waterfall;
 //! - [`up`]: `meshlab up` from start to summary.
 
 pub mod children;
@@ -53,4 +57,5 @@ pub mod mesh;
 pub mod plan;
 pub mod prometheus;
 pub mod stats;
+pub mod traces;
 pub mod up;

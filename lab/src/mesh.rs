@@ -161,6 +161,21 @@ pub struct MeshConfig<'a> {
     pub run_dir: &'a RunDir,
     pub poll_interval: Duration,
     pub timeout: Duration,
+    /// The lab's trace receiver (`OTEL_EXPORTER_OTLP_ENDPOINT`) and `--trace-sample`.
+    pub otlp_endpoint: &'a str,
+    pub trace_sample: f64,
+}
+
+impl MeshConfig<'_> {
+    /// The `OTEL_*` variables of one child.
+    fn otel(&self, service_name: &str, instance: &str) -> Vec<(String, String)> {
+        crate::traces::child_env(
+            self.otlp_endpoint,
+            service_name,
+            instance,
+            self.trace_sample,
+        )
+    }
 }
 
 /// A sidecar's three listeners.
@@ -350,7 +365,7 @@ pub async fn start(cfg: &MeshConfig<'_>, sup: &Supervisor) -> Result<Mesh, Start
         sidecars.push((r, outbound, app, addr, pending));
     }
     let client = sup
-        .spawn(
+        .spawn_with_env(
             &format!("sidecar {CLIENT_SERVICE}"),
             &cfg.bins.sidecar,
             &plan::sidecar_args(
@@ -361,6 +376,7 @@ pub async fn start(cfg: &MeshConfig<'_>, sup: &Supervisor) -> Result<Mesh, Start
                 CLIENT_APP,
                 cfg.poll_interval,
             ),
+            &cfg.otel(&format!("{CLIENT_SERVICE}-sidecar"), CLIENT_SERVICE),
             &cfg.run_dir.log(&format!("sidecar {CLIENT_SERVICE}")),
         )?
         .listening(deadline)
@@ -414,10 +430,11 @@ fn spawn_app(
     outbound: SocketAddr,
 ) -> Result<crate::children::Pending, StartError> {
     let name = format!("mesh-service {}", r.instance);
-    Ok(sup.spawn(
+    Ok(sup.spawn_with_env(
         &name,
         &cfg.bins.mesh_service,
         &plan::service_args(r, &outbound.to_string()),
+        &cfg.otel(&r.service, &r.instance),
         &cfg.run_dir.log(&name),
     )?)
 }
@@ -431,7 +448,7 @@ fn spawn_sidecar(
     app: SocketAddr,
 ) -> Result<crate::children::Pending, StartError> {
     let name = format!("sidecar {}", r.instance);
-    Ok(sup.spawn(
+    Ok(sup.spawn_with_env(
         &name,
         &cfg.bins.sidecar,
         &plan::sidecar_args(
@@ -442,6 +459,7 @@ fn spawn_sidecar(
             &app.to_string(),
             cfg.poll_interval,
         ),
+        &cfg.otel(&format!("{}-sidecar", r.service), &r.instance),
         &cfg.run_dir.log(&name),
     )?)
 }

@@ -182,6 +182,9 @@ pub struct Summary {
     /// Children that did not exit cleanly when stopped.
     pub unclean_stop: Vec<UncleanStop>,
     pub run_dir: PathBuf,
+    /// Spans received and the slowest trace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traces: Option<crate::traces::TraceReport>,
 }
 
 fn round3(v: f64) -> f64 {
@@ -214,6 +217,7 @@ impl Summary {
             crashed: Vec::new(),
             unclean_stop: Vec::new(),
             run_dir: PathBuf::new(),
+            traces: None,
         }
     }
 
@@ -269,6 +273,9 @@ impl Summary {
             s.push_str(&format!("unclean stop: {} ({})\n", u.name, u.status));
         }
         s.push_str(&format!("run dir: {}\n", self.run_dir.display()));
+        if let Some(t) = &self.traces {
+            s.push_str(&t.text());
+        }
         s
     }
 }

@@ -14,6 +14,7 @@ use crate::mesh::{self, Binaries, MeshConfig, RunDir, StartError};
 use crate::plan::{self, CLIENT_APP, CLIENT_SERVICE};
 use crate::prometheus::{self, PrometheusError};
 use crate::stats::Summary;
+use crate::traces::{Receiver, TraceReport};
 
 /// Grace between SIGTERM and SIGKILL when stopping the children.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -33,6 +34,8 @@ pub enum UpError {
     Signals(std::io::Error),
     #[error("interrupted by {0} during start-up")]
     Interrupted(&'static str),
+    #[error("cannot start the trace receiver on 127.0.0.1: {0}")]
+    Traces(std::io::Error),
 }
 
 /// What `up` produced.
@@ -123,6 +126,9 @@ pub async fn run(args: UpArgs) -> Result<Report, UpError> {
         "starting the mesh"
     );
 
+    // The lab's own OTLP/HTTP receiver: every child exports its spans there.
+    let receiver = Receiver::start().await.map_err(UpError::Traces)?;
+    let otlp_endpoint = receiver.endpoint();
     let sup = Supervisor::new();
     let deadline = tokio::time::Instant::now() + args.startup_timeout;
     let cfg = MeshConfig {
@@ -133,6 +139,8 @@ pub async fn run(args: UpArgs) -> Result<Report, UpError> {
         run_dir: &run_dir,
         poll_interval: args.poll_interval,
         timeout: args.startup_timeout,
+        otlp_endpoint: &otlp_endpoint,
+        trace_sample: args.trace_sample,
     };
     let started = tokio::select! {
         r = mesh::start(&cfg, &sup) => Ok(r),
@@ -240,6 +248,8 @@ pub async fn run(args: UpArgs) -> Result<Report, UpError> {
     summary.crashed = sup.crashed();
     summary.unclean_stop = unclean;
     summary.run_dir = run_dir.root.clone();
+    // The children flushed their last spans when they were stopped (SIGTERM).
+    summary.traces = Some(TraceReport::of(&receiver));
     Ok(Report::Done(Box::new(summary)))
 }
 

@@ -328,6 +328,22 @@ fn a_dev_run_completes_with_99_percent_success() {
         assert!(s[key].as_f64().is_some(), "{key} is a number: {s}");
     }
     assert_eq!(s["env"], "dev", "the summary names the env: {s}");
+    // The lab's own receiver got the traces (10% of roots by default) and laid out the slowest.
+    let t = &s["traces"];
+    assert!(
+        t["spans"].as_u64().unwrap_or(0) > 0,
+        "spans were received: {t}"
+    );
+    let rows = t["slowest"]["rows"].as_array().expect("a slowest trace");
+    assert_eq!(
+        rows[0]["hop"], "outbound",
+        "its root is the client sidecar's outbound: {t}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r["hop"] == "inbound" && r["service"] == "c-sidecar"),
+        "the slowest trace reaches c's inbound sidecar: {t}"
+    );
     assert_eq!(
         s["crashed"].as_array().map(Vec::len),
         Some(0),

@@ -20,6 +20,10 @@ use crate::metrics::CallResult;
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Incoming headers copied onto every downstream call when present.
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// Incoming headers copied onto every downstream call when present (with tracing on, the
+/// call's own `traceparent` replaces the incoming one).
 pub const FORWARDED_HEADERS: [HeaderName; 4] = [
     HeaderName::from_static("traceparent"),
     HeaderName::from_static("tracestate"),
@@ -105,14 +109,18 @@ pub async fn call_all<'a>(
     method: &Method,
     path_and_query: &str,
     headers: &HeaderMap,
+    traced: Traced<'_>,
 ) -> Vec<CallRecord<'a>> {
     join_all(
         services
             .iter()
-            .map(|service| call_one(client, service, method, path_and_query, headers)),
+            .map(|service| call_one(client, service, method, path_and_query, headers, traced)),
     )
     .await
 }
+
+/// The process's tracing and the request's server span, when tracing is on.
+pub type Traced<'a> = Option<(&'a mesh_trace::Tracing, &'a opentelemetry::Context)>;
 
 async fn call_one<'a>(
     client: &reqwest::Client,
@@ -120,12 +128,19 @@ async fn call_one<'a>(
     method: &Method,
     path_and_query: &str,
     headers: &HeaderMap,
+    traced: Traced<'_>,
 ) -> CallRecord<'a> {
     let started = Instant::now();
     let url = format!("http://{service}{path_and_query}");
+    let mut headers = headers.clone();
+    // The call's own span is the parent of the next hop (its sidecar's outbound span).
+    let span = traced.map(|(t, parent)| crate::trace::client_span(t, parent, method, service));
+    if let Some(cx) = &span {
+        headers.insert(TRACEPARENT, crate::trace::traceparent(cx));
+    }
     let sent = client
         .request(method.clone(), url)
-        .headers(headers.clone())
+        .headers(headers)
         .send()
         .await;
     let (status, error) = match sent {
@@ -142,6 +157,9 @@ async fn call_one<'a>(
         }
         Err(e) => (None, Some(error_chain(&e))),
     };
+    if let Some(cx) = &span {
+        crate::trace::end(cx, status, error.as_deref());
+    }
     CallRecord {
         service,
         status,

@@ -42,6 +42,7 @@
 //! - [`downstream`]: the proxied HTTP client, header forwarding and concurrent calls.
 //! - [`metrics`]: the Prometheus metrics, registered into a caller-owned `Registry`.
 //! - [`server`]: [`AppState`], [`app`] (the router) and [`run`] (serve with graceful shutdown).
+//! - [`trace`]: the service's spans (server span per request, client span per call).
 //! - [`cli`]: flags and `MESH_*` environment variables, validated into a [`Config`].
 //! - `src/main.rs`: the binary: logging, binding, the `LISTENING` line, signals.
 //! - `tests/`: integration tests that start the real binary, and in-process router tests.
@@ -51,5 +52,6 @@ pub mod cli;
 pub mod downstream;
 pub mod metrics;
 pub mod server;
+pub mod trace;
 
 pub use server::{app, run, AppState, Config, SetupError};

@@ -47,7 +47,11 @@ async fn serve(config: Config, listen: std::net::SocketAddr) -> anyhow::Result<(
         "starting mesh-service"
     );
     let registry = Registry::new();
-    let state = AppState::new(config, registry)?;
+    // Off unless an OTEL_EXPORTER_OTLP_*ENDPOINT is set; a bad OTEL_* value stops the start.
+    let tracing = mesh_trace::Tracing::from_env(&config.service, "mesh-service", &registry)
+        .context("tracing (OTEL_* variables)")?
+        .map(std::sync::Arc::new);
+    let state = AppState::new_traced(config, registry, tracing.clone())?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding --listen {listen}"))?;
@@ -66,6 +70,12 @@ async fn serve(config: Config, listen: std::net::SocketAddr) -> anyhow::Result<(
     services::run(listener, state, shutdown_signal()?)
         .await
         .context("serving")?;
+    if let Some(t) = tracing {
+        // The exporter's thread blocks on its own: flush from a blocking thread.
+        tokio::task::spawn_blocking(move || t.shutdown(std::time::Duration::from_secs(3)))
+            .await
+            .context("flushing the last spans")?;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -21,6 +21,7 @@ use serde_json::json;
 use crate::behaviour::{self, Behaviour, BehaviourPatch, Decision, InvalidBehaviour};
 use crate::downstream::{self, CallRecord};
 use crate::metrics::{self, Metrics};
+use crate::trace;
 
 /// How long [`run`] lets in-flight requests finish after the shutdown signal before it gives up
 /// on them and returns anyway.
@@ -74,12 +75,23 @@ struct Inner {
     client: reqwest::Client,
     metrics: Metrics,
     registry: Registry,
+    /// Traces; `None` when off.
+    tracing: Option<Arc<mesh_trace::Tracing>>,
 }
 
 impl AppState {
     /// Validates the config, registers the metrics in `registry` (the same registry is rendered
     /// by `/metrics`) and builds the client for downstream calls.
     pub fn new(config: Config, registry: Registry) -> Result<Self, SetupError> {
+        Self::new_traced(config, registry, None)
+    }
+
+    /// [`AppState::new`], recording spans through `tracing` when it is given.
+    pub fn new_traced(
+        config: Config,
+        registry: Registry,
+        tracing: Option<Arc<mesh_trace::Tracing>>,
+    ) -> Result<Self, SetupError> {
         config.behaviour.validate()?;
         let metrics = Metrics::register(&registry)?;
         let client = downstream::client(&config.sidecar).map_err(|source| SetupError::Client {
@@ -96,6 +108,7 @@ impl AppState {
                 client,
                 metrics,
                 registry,
+                tracing,
             }),
         })
     }
@@ -246,11 +259,28 @@ async fn handle(
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let response = answer(&state, &method, &uri, &headers, body, started).await;
+    let span = state
+        .inner
+        .tracing
+        .as_deref()
+        .map(|t| trace::server_span(t, &state.inner.service, &method, uri.path(), &headers));
+    let response = answer(
+        &state,
+        &method,
+        &uri,
+        &headers,
+        body,
+        started,
+        span.as_ref(),
+    )
+    .await;
     state
         .inner
         .metrics
         .observe_request(response.status(), started.elapsed());
+    if let Some(cx) = &span {
+        trace::end(cx, Some(response.status().as_u16()), None);
+    }
     response
 }
 
@@ -261,6 +291,7 @@ async fn answer(
     headers: &HeaderMap,
     body: Body,
     started: Instant,
+    span: Option<&opentelemetry::Context>,
 ) -> Response {
     let inner = &*state.inner;
     let body_bytes = match count_body(body).await {
@@ -289,12 +320,14 @@ async fn answer(
     } else {
         let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
         let forwarded = downstream::forwarded_headers(headers, started.elapsed());
+        let traced = inner.tracing.as_deref().zip(span);
         downstream::call_all(
             &inner.client,
             &behaviour.calls,
             method,
             path_and_query,
             &forwarded,
+            traced,
         )
         .await
     };

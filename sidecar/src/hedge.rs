@@ -23,6 +23,9 @@ use crate::balancer::Chosen;
 use crate::outbound::{strip_response_hop_by_hop, DEADLINE_HEADER};
 use crate::reason::Reason;
 use crate::routes::ServiceRoute;
+use crate::trace::{end_span, method_name, ReqTrace};
+use mesh_trace::Tracing;
+use opentelemetry_sdk::trace::Span as SdkSpan;
 
 /// Hop-by-hop request fields, never forwarded (RFC 9110 7.6.1).
 const REQUEST_HOP_BY_HOP: [&str; 7] = [
@@ -57,6 +60,38 @@ pub struct Failed {
 struct Try {
     chosen: Chosen,
     started: Instant,
+    /// The try's span, when the request is sampled.
+    span: Option<SdkSpan>,
+}
+
+/// The tracing of a hedged request, when on.
+type Traced<'a> = Option<(&'a Tracing, &'a mut ReqTrace)>;
+
+/// The try's copy of the request, carrying its own `traceparent` when the request is traced,
+/// and the try's span.
+fn traced_request(
+    req: &RequestHeader,
+    traced: &mut Traced<'_>,
+    n: u32,
+    chosen: &Chosen,
+) -> (RequestHeader, Option<SdkSpan>) {
+    let mut r = req.clone();
+    let Some((tracing, t)) = traced else {
+        return (r, None);
+    };
+    let method = method_name(&req.method);
+    t.start_attempt(tracing, method, n, chosen.endpoint.addr, chosen.probe);
+    if let Some(tp) = t.outgoing() {
+        let _ = r.insert_header(mesh_trace::context::TRACEPARENT, tp);
+    }
+    (r, t.take_attempt())
+}
+
+/// Ends a try's span, if it has one.
+fn end_try(t: &mut Try, status: Option<u16>, reason: Option<&'static str>) {
+    if let Some(span) = t.span.take() {
+        end_span(span, status, reason.map(Into::into));
+    }
 }
 
 /// One try: connect, send the header, read the response header.
@@ -145,6 +180,7 @@ pub async fn serve(
     host: &http::HeaderValue,
     deadline: Instant,
     hedge_after: Duration,
+    mut traced: Traced<'_>,
 ) -> std::result::Result<u32, Failed> {
     let policy = &route.policy;
     let key_of = |s: &Session| {
@@ -173,14 +209,16 @@ pub async fn serve(
         attempts: 0,
     })?;
     let _load_a = first.endpoint.start();
-    let a = Try {
+    let (req_a, span_a) = traced_request(&req, &mut traced, 1, &first);
+    let mut a = Try {
         chosen: first,
         started: now,
+        span: span_a,
     };
     let fut_a = attempt(
         connector,
         peer_for(a.chosen.endpoint.addr, route, left),
-        req.clone(),
+        req_a,
     );
     tokio::pin!(fut_a);
     let mut attempts = 1;
@@ -203,6 +241,7 @@ pub async fn serve(
             // budget grants it.
             let now = Instant::now();
             report(route, &a, true, now);
+            end_try(&mut a, None, Some(Reason::of_error(e.etype()).token()));
             let avoid = [a.chosen.endpoint.addr];
             let next = route
                 .budget
@@ -219,12 +258,14 @@ pub async fn serve(
             attempts = 2;
             let left = deadline.saturating_duration_since(now);
             let _load_b = chosen.endpoint.start();
+            let (req_b, span_b) = traced_request(&req, &mut traced, 2, &chosen);
             let b = Try {
                 chosen,
                 started: now,
+                span: span_b,
             };
             let r = tokio::select! {
-                r = attempt(connector, peer_for(b.chosen.endpoint.addr, route, left), req.clone()) => r,
+                r = attempt(connector, peer_for(b.chosen.endpoint.addr, route, left), req_b) => r,
                 _ = &mut timeout => {
                     cancel(route, &b, Instant::now());
                     return Err(timed_out(route, attempts));
@@ -262,14 +303,16 @@ pub async fn serve(
                     route.metrics.retry(4);
                     let left = deadline.saturating_duration_since(now);
                     let _load_b = chosen.endpoint.start();
+                    let (req_b, span_b) = traced_request(&req, &mut traced, 2, &chosen);
                     let b = Try {
                         chosen,
                         started: now,
+                        span: span_b,
                     };
                     let fut_b = attempt(
                         connector,
                         peer_for(b.chosen.endpoint.addr, route, left),
-                        req.clone(),
+                        req_b,
                     );
                     tokio::pin!(fut_b);
                     // Phase 2: the first response header wins; a try that fails leaves the
@@ -290,9 +333,11 @@ pub async fn serve(
                         match (&a_done, &b_done) {
                             (Some(Ok(_)), _) => break (a, a_done.take().expect("set"), Some(b)),
                             (_, Some(Ok(_))) => break (b, b_done.take().expect("set"), Some(a)),
-                            (Some(Err(_)), Some(Err(_))) => {
+                            (Some(Err(e)), Some(Err(_))) => {
                                 let now = Instant::now();
                                 report(route, &a, true, now);
+                                let mut a = a;
+                                end_try(&mut a, None, Some(Reason::of_error(e.etype()).token()));
                                 break (b, b_done.take().expect("set"), None);
                             }
                             _ => {}
@@ -303,13 +348,16 @@ pub async fn serve(
         }
     };
     let now = Instant::now();
-    if let Some(l) = &loser {
-        cancel(route, l, now);
+    let mut winner = winner;
+    if let Some(mut l) = loser {
+        cancel(route, &l, now);
+        end_try(&mut l, None, Some("hedge-lost"));
     }
     let (mut up, peer) = match result {
         Ok(ok) => ok,
         Err(e) => {
             report(route, &winner, true, now);
+            end_try(&mut winner, None, Some(Reason::of_error(e.etype()).token()));
             return Err(failed(route, &e, attempts));
         }
     };
@@ -318,6 +366,7 @@ pub async fn serve(
         .expect("a response header was read")
         .clone();
     report(route, &winner, resp.status.as_u16() >= 500, now);
+    end_try(&mut winner, Some(resp.status.as_u16()), None);
     strip_response_hop_by_hop(&mut resp);
     let _ = resp.insert_header("x-mesh-attempts", crate::reason::attempts_value(attempts));
     let _ = resp.insert_header("x-mesh-upstream", winner.chosen.endpoint.header.clone());

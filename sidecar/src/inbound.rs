@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, Result};
-use pingora_http::ResponseHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::metrics::RouteMetrics;
@@ -19,6 +19,7 @@ use crate::outbound::caller_deadline;
 use crate::outbound::strip_response_hop_by_hop;
 use crate::reason::{self, Reason};
 use crate::routes::Mesh;
+use crate::trace::{self, ReqTrace};
 
 const APP_CONNECT: Duration = Duration::from_secs(1);
 const APP_IDLE: Duration = Duration::from_secs(60);
@@ -35,6 +36,8 @@ pub struct Inbound {
     pub app: SocketAddr,
     pub metrics: RouteMetrics,
     pub access_log: bool,
+    /// Traces; `None` when off.
+    pub tracing: trace::Shared,
 }
 
 /// Per-request state of the inbound side.
@@ -43,6 +46,8 @@ pub struct InboundCtx {
     deadline: Option<Duration>,
     started: Instant,
     answered: Option<Reason>,
+    /// The request's trace; `None` when tracing is off.
+    trace: Option<ReqTrace>,
 }
 
 impl Inbound {
@@ -66,10 +71,33 @@ impl ProxyHttp for Inbound {
             deadline: None,
             started: Instant::now(),
             answered: None,
+            trace: None,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut InboundCtx) -> Result<bool> {
+        if let Some(tracing) = &self.tracing {
+            let req = session.req_header();
+            let peer = session.client_addr();
+            ctx.trace = Some(ReqTrace::start(
+                tracing,
+                req,
+                opentelemetry::trace::SpanKind::Server,
+                || {
+                    use opentelemetry::KeyValue;
+                    let mut a = trace::request_attrs(req, &self.mesh.service, "inbound");
+                    a.push(KeyValue::new("mesh.endpoint", self.app.to_string()));
+                    if let Some(host) = crate::outbound::authority_host(req) {
+                        a.push(KeyValue::new("server.address", host.to_owned()));
+                    }
+                    if let Some(p) = peer.and_then(|p| p.as_inet()) {
+                        a.push(KeyValue::new("network.peer.address", p.ip().to_string()));
+                        a.push(KeyValue::new("network.peer.port", i64::from(p.port())));
+                    }
+                    a
+                },
+            ));
+        }
         ctx.deadline = caller_deadline(session.req_header());
         if ctx.deadline.is_some_and(|d| d.is_zero()) {
             self.metrics.timeout(3);
@@ -119,11 +147,15 @@ impl ProxyHttp for Inbound {
         if let Some(reason) = ctx.answered {
             self.metrics.error(reason.token());
         }
+        if let Some(t) = ctx.trace.as_mut() {
+            t.end(status, ctx.answered.map(Reason::token), Vec::new);
+        }
         if self.access_log {
             let req = session.req_header();
+            let mut hex = [0u8; 32];
             tracing::info!(
                 target: "access",
-                trace_id = crate::outbound::trace_id(req),
+                trace_id = crate::outbound::log_trace_id(ctx.trace.as_ref(), req, &mut hex),
                 direction = "inbound",
                 service = %self.mesh.service,
                 upstream = %self.mesh.service,
@@ -135,6 +167,19 @@ impl ProxyHttp for Inbound {
                 duration_ms = ctx.started.elapsed().as_secs_f64() * 1e3,
             );
         }
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut InboundCtx,
+    ) -> Result<()> {
+        // The app's parent is this hop's server span (unsampled: see `trace`).
+        if let Some(tp) = ctx.trace.as_ref().and_then(ReqTrace::outgoing) {
+            upstream_request.insert_header(mesh_trace::context::TRACEPARENT, tp)?;
+        }
+        Ok(())
     }
 
     async fn response_filter(

@@ -19,7 +19,8 @@
 //! - `hedge`: hedged requests, served with Pingora's connector outside the proxy loop;
 //! - `metrics`: the Prometheus families, resolved per route so the hot path only touches atomics;
 //! - `admin`: the admin HTTP server;
-//! - `ports`: binding listeners on port 0 and announcing the real ports.
+//! - `ports`: binding listeners on port 0 and announcing the real ports;
+//! - `trace`: the spans of both hops and the `traceparent` each sends on (OpenTelemetry).
 
 pub mod admin;
 pub mod balancer;
@@ -37,3 +38,4 @@ pub mod retry;
 pub mod routes;
 pub mod select;
 pub mod source;
+pub mod trace;

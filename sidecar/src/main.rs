@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use clap::Parser;
 use pingora_core::server::configuration::ServerConf;
-use pingora_core::server::Server;
+use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
 use pingora_proxy::http_proxy_service_with_name;
 
@@ -51,6 +51,21 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let metrics = Metrics::with_per_request(args.metrics == Switch::On);
     let metrics = Arc::new(metrics.context("registering metrics")?);
+    // Off unless an OTEL_EXPORTER_OTLP_*ENDPOINT is set; a bad OTEL_* value stops the start.
+    let tracing = mesh_trace::Tracing::from_env(
+        &format!("{}-sidecar", args.service),
+        "meshlab-sidecar",
+        &metrics.registry,
+    )
+    .context("tracing (OTEL_* variables)")?
+    .map(Arc::new);
+    if let Some(t) = &tracing {
+        tracing::info!(
+            collector = %format!("{}={}", t.settings.endpoint.0, t.settings.endpoint.1),
+            sampler = ?t.settings.sampler,
+            "exporting traces"
+        );
+    }
     let mesh = Mesh::new(
         args.service.clone(),
         args.env.clone(),
@@ -78,7 +93,7 @@ fn run(args: Args) -> anyhow::Result<()> {
 
     let mut out_svc = http_proxy_service_with_name(
         &server.configuration,
-        Outbound::new(mesh.clone(), args.access_log),
+        Outbound::new(mesh.clone(), args.access_log, tracing.clone()),
         "outbound",
     );
     out_svc.add_tcp_with_settings(
@@ -92,6 +107,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             app: args.app,
             metrics: metrics.route("inbound", &args.service, &args.service),
             access_log: args.access_log,
+            tracing: tracing.clone(),
         },
         "inbound",
     );
@@ -143,5 +159,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     );
     // The reserving sockets must outlive the server: keep them on this stack frame.
     let _keep = (outbound, inbound);
-    server.run_forever()
+    // Returns once the graceful shutdown has finished every request in flight.
+    server.run(RunArgs::default());
+    if let Some(t) = &tracing {
+        // The last requests' spans are queued by now: export them before exiting.
+        t.shutdown(std::time::Duration::from_secs(3));
+    }
+    std::process::exit(0)
 }

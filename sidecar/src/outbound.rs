@@ -37,6 +37,7 @@ use crate::retry::{
 };
 use crate::routes::{Mesh, ServiceRoute};
 use crate::select::InFlightGuard;
+use crate::trace::{self, ReqTrace};
 
 /// How long an idle upstream connection stays in the pool.
 const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
@@ -48,16 +49,19 @@ pub struct Outbound {
     /// Metrics of requests that named no known service.
     unrouted: RouteMetrics,
     access_log: bool,
+    /// Traces; `None` when off.
+    tracing: trace::Shared,
 }
 
 impl Outbound {
-    pub fn new(mesh: Arc<Mesh>, access_log: bool) -> Self {
+    pub fn new(mesh: Arc<Mesh>, access_log: bool, tracing: trace::Shared) -> Self {
         let unrouted = mesh.metrics.route("outbound", &mesh.service, "_unknown");
         Outbound {
             mesh,
             hedger: Connector::new(None),
             unrouted,
             access_log,
+            tracing,
         }
     }
 }
@@ -70,6 +74,22 @@ pub fn trace_id(req: &RequestHeader) -> &str {
         .and_then(|v| v.split('-').nth(1))
         .filter(|id| id.len() == 32)
         .unwrap_or("")
+}
+
+/// The trace id for the access log: the request's trace when tracing is on (a trace the hop
+/// started itself included), else the caller's `traceparent`'s. `buf` holds the hex.
+pub fn log_trace_id<'a>(
+    trace: Option<&ReqTrace>,
+    req: &'a RequestHeader,
+    buf: &'a mut [u8; 32],
+) -> &'a str {
+    match trace {
+        Some(t) => {
+            *buf = trace::trace_id_hex(&t.trace_id);
+            std::str::from_utf8(buf).unwrap_or("")
+        }
+        None => trace_id(req),
+    }
 }
 
 /// The request's authority as a header value: the absolute-form target's, else the Host.
@@ -107,6 +127,8 @@ pub struct OutboundCtx {
     started: Instant,
     /// The reason of a response the sidecar made itself.
     answered: Option<Reason>,
+    /// The request's trace; `None` when tracing is off.
+    trace: Option<ReqTrace>,
 }
 
 struct Attempting {
@@ -299,10 +321,29 @@ impl ProxyHttp for Outbound {
             refusal: None,
             started: Instant::now(),
             answered: None,
+            trace: None,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut OutboundCtx) -> Result<bool> {
+        if let Some(tracing) = &self.tracing {
+            let req = session.req_header();
+            ctx.trace = Some(ReqTrace::start(
+                tracing,
+                req,
+                opentelemetry::trace::SpanKind::Client,
+                || {
+                    let mut a = trace::request_attrs(req, &self.mesh.service, "outbound");
+                    if let Some(host) = authority_host(req) {
+                        a.push(opentelemetry::KeyValue::new(
+                            "server.address",
+                            host.to_owned(),
+                        ));
+                    }
+                    a
+                },
+            ));
+        }
         let Some(routes) = self.mesh.routes() else {
             self.answer(
                 session,
@@ -372,6 +413,7 @@ impl ProxyHttp for Outbound {
         if let Some(after) = hedge::wants_hedge(&route, session.req_header()) {
             let host =
                 authority_value(session.req_header()).unwrap_or(http::HeaderValue::from_static(""));
+            let traced = self.tracing.as_deref().zip(ctx.trace.as_mut());
             // Boxed: the hedging future is large and most requests are not hedged (see
             // reason::send for why that matters).
             let served = Box::pin(hedge::serve(
@@ -381,6 +423,7 @@ impl ProxyHttp for Outbound {
                 &host,
                 ctx.deadline,
                 after,
+                traced,
             ))
             .await;
             ctx.route = Some(route);
@@ -454,6 +497,10 @@ impl ProxyHttp for Outbound {
             return Err(Error::explain(ErrorType::HTTPStatus(503), "no endpoint"));
         };
         let addr = chosen.endpoint.addr;
+        if let (Some(tracing), Some(t)) = (&self.tracing, ctx.trace.as_mut()) {
+            let method = trace::method_name(&session.req_header().method);
+            t.start_attempt(tracing, method, ctx.attempts, addr, chosen.probe);
+        }
         ctx.current = Some(Attempting {
             guard: chosen.endpoint.start(),
             started: now,
@@ -486,6 +533,9 @@ impl ProxyHttp for Outbound {
         }
         ctx.fail_attempt(now, true);
         ctx.reason = Some(Reason::ConnectFailure);
+        if let Some(t) = ctx.trace.as_mut() {
+            t.end_attempt(None, Some(Reason::ConnectFailure.token().into()));
+        }
         // Nothing was sent: any method may be retried.
         let retry = ctx.may_retry(session, Outcome::ConnectFailure, false, now);
         e.set_retry(retry);
@@ -517,6 +567,9 @@ impl ProxyHttp for Outbound {
             (false, _) => Reason::UpstreamReset,
         };
         ctx.reason = Some(reason);
+        if let Some(t) = ctx.trace.as_mut() {
+            t.end_attempt(None, Some(reason.token().into()));
+        }
         let m = &ctx.route().metrics;
         match reason {
             Reason::RequestTimeout => {
@@ -577,6 +630,10 @@ impl ProxyHttp for Outbound {
         // The next hop learns how long this caller will wait (one small header value per try).
         let left = ctx.deadline.saturating_duration_since(Instant::now());
         upstream_request.insert_header(DEADLINE_HEADER, left.as_millis().to_string())?;
+        // The attempt's span is the next hop's parent (unsampled: see `trace`).
+        if let Some(tp) = ctx.trace.as_ref().and_then(ReqTrace::outgoing) {
+            upstream_request.insert_header(mesh_trace::context::TRACEPARENT, tp)?;
+        }
         Ok(())
     }
 
@@ -619,6 +676,9 @@ impl ProxyHttp for Outbound {
         }
         ctx.retry_after = retry_after;
         ctx.fail_attempt(now, false);
+        if let Some(t) = ctx.trace.as_mut() {
+            t.end_attempt_retried(status);
+        }
         Err(Error::explain(
             ErrorType::Custom(RETRY_STATUS),
             "retriable status from the endpoint",
@@ -662,11 +722,28 @@ impl ProxyHttp for Outbound {
         if let Some(reason) = ctx.answered {
             m.error(reason.token());
         }
+        if let Some(t) = ctx.trace.as_mut() {
+            let (route, attempts) = (&ctx.route, ctx.attempts);
+            t.end(status, ctx.answered.map(Reason::token), || {
+                let mut a = vec![opentelemetry::KeyValue::new(
+                    "mesh.attempts",
+                    i64::from(attempts),
+                )];
+                if let Some(r) = route {
+                    a.push(opentelemetry::KeyValue::new(
+                        "mesh.upstream",
+                        r.name.clone(),
+                    ));
+                }
+                a
+            });
+        }
         if self.access_log {
             let req = session.req_header();
+            let mut hex = [0u8; 32];
             tracing::info!(
                 target: "access",
-                trace_id = trace_id(req),
+                trace_id = log_trace_id(ctx.trace.as_ref(), req, &mut hex),
                 direction = "outbound",
                 service = %self.mesh.service,
                 upstream = ctx.route.as_ref().map_or("", |r| r.name.as_str()),
