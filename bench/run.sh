@@ -40,8 +40,8 @@ export PATH="$PATH:/usr/sbin:/sbin"
 
 # --- the binaries under test -----------------------------------------------------------------
 log "building the release binaries"
-"$CARGO" build --release --workspace --bins
-"$CARGO" build --release -p sidecar --example bare_proxy
+# One command: the same feature set as the workspace build, so nothing is built twice.
+"$CARGO" build --release --workspace --bins --example bare_proxy
 
 # --- oha: open-loop load generator with latency correction ------------------------------------
 mkdir -p "$TOOLS"
