@@ -97,9 +97,10 @@ class Mode:
     def __init__(self, quick: bool):
         self.quick = quick
         self.name = "quick" if quick else "full"
-        self.reps = 1 if quick else 5
-        self.duration = 4 if quick else 15
-        self.warmup = 1 if quick else 3
+        self.reps = 3 if quick else 5
+        self.duration = 2 if quick else 15
+        # Quick mode: no warm-up run; of its 3 repetitions the median is not the cold first.
+        self.warmup = 0 if quick else 3
         self.extra_reps = 1 if quick else 3
         self.extra_duration = 3 if quick else 10
         # POST and the header mix: full mode only (quick mode stays under 2 minutes).
@@ -1081,7 +1082,7 @@ def measure_threads(lab: Lab, mode: Mode, threads: int, oha: str | None, out: di
         time.sleep(0.5)
         t["rss_idle_kib"] = {k: rss_kib(s.pids()) for k, s in setups.items() if s.procs}
         t["rss_idle_kib"]["backend"] = rss_kib(backend_pids)
-        for key, s in setups.items():
+        for key, s in setups.items() if mode.warmup else ():
             log(f"warm-up {key}")
             run_wrk(s, "get.lua", mode.warmup, backend_pids)
 
@@ -1168,27 +1169,34 @@ def compute_ratios(out: dict) -> dict:
 
         def g(key, field):
             return (get.get(key) or {}).get(field)
+
+        def paired(a, b, field):
+            """The median over repetitions of a/b within each repetition: A and B ran
+            seconds apart, so drift of the machine between repetitions cancels."""
+            ra = (t["get"].get(a) or {}).get("runs") or []
+            rb = (t["get"].get(b) or {}).get("runs") or []
+            vals = [x[field] / y[field] for x, y in zip(ra, rb)
+                    if "error" not in x and "error" not in y and x.get(field) and y.get(field)]
+            return median(vals) if vals else ratio(g(a, field), g(b, field))
         direct_cpu = g("direct", "backend_cpu_us_per_req")
         r = {}
         for name, key in (("sidecar", "sidecar"), ("mesh", "mesh"), ("policies", "policies")):
             r[name] = {
-                "rps_vs_nginx": ratio(g(key, "rps"), g("nginx", "rps")),
-                "rps_vs_haproxy": ratio(g(key, "rps"), g("haproxy", "rps")),
-                "rps_vs_direct": ratio(g(key, "rps"), g("direct", "rps")),
-                "cpu_vs_nginx": ratio(g(key, "cpu_us_per_req"), g("nginx", "cpu_us_per_req")),
-                "cpu_vs_haproxy": ratio(g(key, "cpu_us_per_req"), g("haproxy", "cpu_us_per_req")),
+                "rps_vs_nginx": paired(key, "nginx", "rps"),
+                "rps_vs_haproxy": paired(key, "haproxy", "rps"),
+                "rps_vs_direct": paired(key, "direct", "rps"),
+                "cpu_vs_nginx": paired(key, "nginx", "cpu_us_per_req"),
+                "cpu_vs_haproxy": paired(key, "haproxy", "cpu_us_per_req"),
                 "cpu_vs_direct": ratio(g(key, "cpu_us_per_req"), direct_cpu),
+                "cpu_vs_pingora": paired(key, "pingora", "cpu_us_per_req"),
             }
-        for name, key in (("sidecar", "sidecar"), ("mesh", "mesh"), ("policies", "policies")):
-            r[name]["cpu_vs_pingora"] = ratio(g(key, "cpu_us_per_req"),
-                                              g("pingora", "cpu_us_per_req"))
         r["pingora"] = {
-            "rps_vs_nginx": ratio(g("pingora", "rps"), g("nginx", "rps")),
-            "cpu_vs_nginx": ratio(g("pingora", "cpu_us_per_req"), g("nginx", "cpu_us_per_req")),
+            "rps_vs_nginx": paired("pingora", "nginx", "rps"),
+            "cpu_vs_nginx": paired("pingora", "nginx", "cpu_us_per_req"),
         }
         r["policies_vs_sidecar"] = {
-            "rps": ratio(g("policies", "rps"), g("sidecar", "rps")),
-            "cpu": ratio(g("policies", "cpu_us_per_req"), g("sidecar", "cpu_us_per_req")),
+            "rps": paired("policies", "sidecar", "rps"),
+            "cpu": paired("policies", "sidecar", "cpu_us_per_req"),
         }
         for k in r:
             r[k] = {a: (round(b, 3) if b is not None else None) for a, b in r[k].items()}
@@ -1527,7 +1535,7 @@ def write_markdown(out: dict, path: Path, png_name: str | None) -> None:
                 a("```")
             a("")
 
-    a("## Ratios (medians of this run)")
+    a("## Ratios (this run: medians over repetitions of the ratio within each repetition)")
     a("")
     a("| threads | | req/s vs nginx | vs HAProxy | vs direct | CPU/req vs nginx | vs HAProxy "
       "| vs backend (direct) |")
@@ -1734,8 +1742,9 @@ def main() -> int:
         "Every proxy gets the same worker threads: sidecar `--threads N` (per listener; a mesh "
         "hop runs two sidecars), nginx `worker_processes N`, HAProxy `nbthread N`.",
         f"Saturation: wrk -t1 -c{CONNECTIONS} (closed loop, keep-alive), the setups interleaved "
-        f"(1 2 3 4 5 6, 1 2 3 ...), {mode.reps} repetition(s) of {mode.duration} s after a "
-        f"{mode.warmup} s warm-up of each; medians reported.",
+        f"(1 2 3 4 5 6 7, 1 2 3 ...), {mode.reps} repetition(s) of {mode.duration} s"
+        + (f" after a {mode.warmup} s warm-up of each" if mode.warmup else ", no warm-up")
+        + "; medians reported, and ratios as the median of the ratio within each repetition.",
         "CPU per request: utime+stime of every process of the proxy (/proc/PID/stat: nginx "
         "master and workers, both sidecars of the mesh hop) over the run, divided by the "
         "requests wrk completed. 'proxy CPU busy' is that CPU time over the wall time (1.00 = "
@@ -1769,7 +1778,7 @@ def main() -> int:
         out["notes"].append("oha (open-loop generator) is missing: `cargo install oha` failed "
                             "or was skipped, so latency figures are closed-loop (wrk).")
     if mode.quick:
-        out["notes"].append(f"QUICK mode: one {mode.duration} s repetition per setup, 1 thread "
+        out["notes"].append(f"QUICK mode: {mode.reps} x {mode.duration} s per setup, 1 thread "
                             "only, no POST or header-mix runs, no mesh hop under callgrind; "
                             "time-based ratios move by 10-30% between quick runs on this "
                             "machine (the instruction counts do not). Use `make bench` for "
