@@ -7,6 +7,11 @@
 //! - `/endpoints`: per service, the balancer and the current endpoints with their load;
 //! - `/breakers`: per service, each endpoint's breaker state, consecutive failures, times
 //!   ejected and last transition; the concurrency in use and its limit; the retry budget;
+//! - `POST /drain`, `POST /undrain`: `/ready` answers 503 "draining" (so a load balancer or
+//!   the kubelet takes the pod out of rotation before it stops) or serves normally again; the
+//!   proxy keeps serving whatever still arrives. State-changing endpoints need
+//!   `Authorization: Bearer <token>` with the token of `--admin-token` (`MESH_ADMIN_TOKEN`);
+//!   without a token configured they are disabled;
 //! - `/`: this list.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,9 +19,9 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
@@ -29,6 +34,10 @@ pub struct AdminState {
     pub mesh: Arc<Mesh>,
     /// Raised when every proxy listener accepts connections.
     pub listeners_up: Arc<AtomicBool>,
+    /// Raised by `POST /drain`: `/ready` answers 503.
+    pub draining: Arc<AtomicBool>,
+    /// The bearer token state-changing endpoints require; `None`: they are disabled.
+    pub token: Option<Arc<str>>,
 }
 
 pub fn app(state: AdminState) -> Router {
@@ -40,6 +49,8 @@ pub fn app(state: AdminState) -> Router {
         .route("/endpoints", get(endpoints))
         .route("/breakers", get(breakers))
         .route("/metrics", get(metrics))
+        .route("/drain", post(drain))
+        .route("/undrain", post(undrain))
         .with_state(state)
 }
 
@@ -50,13 +61,16 @@ async fn index() -> &'static str {
      /config     the active routing table, its version and source, the last poll and its error\n\
      /endpoints  per service: balancer, endpoints (in flight, latency estimate), last DNS resolution\n\
      /metrics    Prometheus metrics (text format)\n\
-     /breakers   per service: each endpoint's breaker (closed, open, half-open), concurrency in use and its limit, retry budget\n"
+     /breakers   per service: each endpoint's breaker (closed, open, half-open), concurrency in use and its limit, retry budget\n\
+     POST /drain    /ready answers 503 \"draining\" (needs Authorization: Bearer <--admin-token>)\n\
+     POST /undrain  /ready serves normally again (same token)\n"
 }
 
 async fn ready(State(s): State<AdminState>) -> Response {
     let table = s.mesh.routes().is_some();
     let listeners = s.listeners_up.load(Ordering::Acquire);
-    if table && listeners {
+    let draining = s.draining.load(Ordering::Acquire);
+    if table && listeners && !draining {
         return Json(json!({ "ready": true })).into_response();
     }
     let mut why = Vec::new();
@@ -72,6 +86,9 @@ async fn ready(State(s): State<AdminState>) -> Response {
     }
     if !listeners {
         why.push("proxy listeners are not accepting yet".to_owned());
+    }
+    if draining {
+        why.push("draining: POST /undrain to serve again".to_owned());
     }
     (
         StatusCode::SERVICE_UNAVAILABLE,
@@ -117,6 +134,59 @@ async fn endpoints(State(s): State<AdminState>) -> Json<serde_json::Value> {
         }
     }
     Json(json!({ "services": services }))
+}
+
+/// Checks `Authorization: Bearer <token>` for a state-changing endpoint; `Err` is the answer.
+fn authorize(s: &AdminState, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(token) = &s.token else {
+        let why = "state-changing admin endpoints are disabled: start the sidecar with \
+                   --admin-token or MESH_ADMIN_TOKEN to enable them";
+        return Err((StatusCode::FORBIDDEN, Json(json!({ "error": why }))).into_response());
+    };
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // Compared in constant time: the admin port may be reachable from the pod network.
+    let ok = given.is_some_and(|g| {
+        g.len() == token.len()
+            && g.bytes()
+                .zip(token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    });
+    if ok {
+        return Ok(());
+    }
+    let why = if given.is_none() {
+        "missing Authorization: Bearer <token> (the sidecar's --admin-token)"
+    } else {
+        "wrong bearer token"
+    };
+    Err((
+        StatusCode::UNAUTHORIZED,
+        [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
+        Json(json!({ "error": why })),
+    )
+        .into_response())
+}
+
+async fn drain(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Err(denied) = authorize(&s, &headers) {
+        return denied;
+    }
+    let was = s.draining.swap(true, Ordering::AcqRel);
+    tracing::info!("draining: /ready answers 503");
+    Json(json!({ "draining": true, "was_draining": was })).into_response()
+}
+
+async fn undrain(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Err(denied) = authorize(&s, &headers) {
+        return denied;
+    }
+    let was = s.draining.swap(false, Ordering::AcqRel);
+    tracing::info!("no longer draining");
+    Json(json!({ "draining": false, "was_draining": was })).into_response()
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {

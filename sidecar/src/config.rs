@@ -65,6 +65,11 @@ pub struct Args {
     #[arg(long, env = "MESH_METRICS", value_enum, default_value = "on")]
     pub metrics: Switch,
 
+    /// Bearer token for the admin port's state-changing endpoints (POST /drain, /undrain);
+    /// without one they answer 403. Prefer the environment variable: flags show in `ps`.
+    #[arg(long, env = "MESH_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
     /// Log format on stderr: text or json (one JSON object per line).
     #[arg(long, env = "MESH_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -94,6 +99,13 @@ impl Args {
                 "--poll-interval must be at least 10ms, got {:?}",
                 self.poll_interval
             ));
+        }
+        if self
+            .admin_token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            return Err("--admin-token (MESH_ADMIN_TOKEN) is empty".into());
         }
         if self.threads == 0 {
             return Err("--threads must be at least 1".into());

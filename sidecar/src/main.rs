@@ -128,6 +128,8 @@ fn run(args: Args) -> anyhow::Result<()> {
             state: AdminState {
                 mesh: mesh.clone(),
                 listeners_up: listeners_up.clone(),
+                draining: Default::default(),
+                token: args.admin_token.as_deref().map(Arc::from),
             },
             listener: Mutex::new(Some(admin_listener)),
         },

@@ -459,3 +459,48 @@ fn metrics_off_counts_nothing_and_says_so() {
     let b = get(off.addr("admin"), "/breakers").unwrap();
     assert_eq!(b.status, 200, "the rest of the admin port works: {b:?}");
 }
+
+#[test]
+fn drain_needs_the_admin_token_and_takes_ready_down() {
+    let up = app("drain", &[]);
+    let table = temp_table(
+        "drain",
+        &format!(
+            "version = 1\n[services.b]\nendpoints = [\"{}\"]\n",
+            up.addr("app")
+        ),
+    );
+    let no_token = sidecar(&table, &[]);
+    let r = http(no_token.addr("admin"), "POST", "/drain", &[], b"").unwrap();
+    assert_eq!(r.status, 403, "disabled without a token: {r:?}");
+    assert!(r.body.contains("--admin-token"), "{}", r.body);
+
+    let sc = sidecar(&table, &["--admin-token", "s3cret"]);
+    let admin = sc.addr("admin");
+    let post = |path: &str, auth: Option<&str>| {
+        let h: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
+        http(admin, "POST", path, &h, b"").unwrap()
+    };
+    let r = post("/drain", None);
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    assert_eq!(post("/drain", Some("Bearer wrong")).status, 401);
+    assert_eq!(
+        get(admin, "/ready").unwrap().status,
+        200,
+        "refused: nothing changed"
+    );
+
+    let r = post("/drain", Some("Bearer s3cret"));
+    assert_eq!(r.status, 200, "{r:?}");
+    let ready = get(admin, "/ready").unwrap();
+    assert_eq!(ready.status, 503, "{ready:?}");
+    assert!(ready.body.contains("draining"), "{}", ready.body);
+    assert_eq!(
+        call(&sc, "b", &[]).status,
+        200,
+        "a draining sidecar still serves what arrives"
+    );
+    assert_eq!(post("/undrain", Some("Bearer s3cret")).status, 200);
+    assert_eq!(get(admin, "/ready").unwrap().status, 200);
+}
