@@ -136,12 +136,13 @@ async fn endpoints(State(s): State<AdminState>) -> Json<serde_json::Value> {
     Json(json!({ "services": services }))
 }
 
-/// Checks `Authorization: Bearer <token>` for a state-changing endpoint; `Err` is the answer.
-fn authorize(s: &AdminState, headers: &HeaderMap) -> Result<(), Response> {
+/// Checks `Authorization: Bearer <token>` for a state-changing endpoint: the refusal to send,
+/// or `None` when the caller may go on.
+fn refusal(s: &AdminState, headers: &HeaderMap) -> Option<Response> {
     let Some(token) = &s.token else {
         let why = "state-changing admin endpoints are disabled: start the sidecar with \
                    --admin-token or MESH_ADMIN_TOKEN to enable them";
-        return Err((StatusCode::FORBIDDEN, Json(json!({ "error": why }))).into_response());
+        return Some((StatusCode::FORBIDDEN, Json(json!({ "error": why }))).into_response());
     };
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
@@ -156,23 +157,25 @@ fn authorize(s: &AdminState, headers: &HeaderMap) -> Result<(), Response> {
                 == 0
     });
     if ok {
-        return Ok(());
+        return None;
     }
     let why = if given.is_none() {
         "missing Authorization: Bearer <token> (the sidecar's --admin-token)"
     } else {
         "wrong bearer token"
     };
-    Err((
-        StatusCode::UNAUTHORIZED,
-        [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
-        Json(json!({ "error": why })),
+    Some(
+        (
+            StatusCode::UNAUTHORIZED,
+            [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
+            Json(json!({ "error": why })),
+        )
+            .into_response(),
     )
-        .into_response())
 }
 
 async fn drain(State(s): State<AdminState>, headers: HeaderMap) -> Response {
-    if let Err(denied) = authorize(&s, &headers) {
+    if let Some(denied) = refusal(&s, &headers) {
         return denied;
     }
     let was = s.draining.swap(true, Ordering::AcqRel);
@@ -181,7 +184,7 @@ async fn drain(State(s): State<AdminState>, headers: HeaderMap) -> Response {
 }
 
 async fn undrain(State(s): State<AdminState>, headers: HeaderMap) -> Response {
-    if let Err(denied) = authorize(&s, &headers) {
+    if let Some(denied) = refusal(&s, &headers) {
         return denied;
     }
     let was = s.draining.swap(false, Ordering::AcqRel);
