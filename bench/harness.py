@@ -1026,7 +1026,7 @@ def control_plane(args, mode: Mode) -> dict:
     script = BENCH / "cp_bench.py"
     if not script.exists():
         return {"error": "bench/cp_bench.py does not exist yet"}
-    argv = [sys.executable, str(script), "--quick" if mode.quick else "--full",
+    argv = [sys.executable, str(script), *(["--quick"] if mode.quick else []),
             "--bin-dir", str(args.bin_dir)]
     t0 = time.monotonic()
     try:
@@ -1614,7 +1614,8 @@ def write_markdown(out: dict, path: Path, png_name: str | None) -> None:
     if "error" in cp:
         a(f"Not measured: {cp['error']}")
     else:
-        a(f"From `bench/cp_bench.py --{out['mode']}` ({cp.get('seconds')} s); the whole "
+        a(f"From `bench/cp_bench.py{' --quick' if out['mode'] == 'quick' else ''}` "
+          f"({cp.get('seconds')} s); the whole "
           "object is in the JSON report under `control_plane`.")
         a("")
         for line in control_plane_lines(cp["result"]):
