@@ -20,7 +20,7 @@ use pingora_http::RequestHeader;
 use pingora_proxy::Session;
 
 use crate::balancer::Chosen;
-use crate::outbound::{strip_response_hop_by_hop, DEADLINE_HEADER};
+use crate::outbound::{deadline_value, strip_response_hop_by_hop, DEADLINE_HEADER};
 use crate::reason::Reason;
 use crate::routes::ServiceRoute;
 use crate::trace::{end_span, method_name, ReqTrace};
@@ -135,7 +135,7 @@ fn upstream_request(
     let origin_form = req.uri.clone();
     req.set_uri(origin_form);
     req.insert_header(http::header::HOST, host.clone())?;
-    req.insert_header(DEADLINE_HEADER, left.as_millis().to_string())?;
+    req.insert_header(DEADLINE_HEADER, deadline_value(left))?;
     req.set_version(http::Version::HTTP_11);
     Ok(req)
 }

@@ -146,6 +146,12 @@ const RETRY_STATUS: &str = "mesh-retriable-status";
 /// The remaining time of the caller's deadline, in milliseconds, sent to the next hop.
 pub const DEADLINE_HEADER: &str = "x-mesh-deadline-ms";
 
+/// The `x-mesh-deadline-ms` value for `left`: formatted straight into the header value's own
+/// buffer (one allocation, not a `String` and then a copy).
+pub fn deadline_value(left: Duration) -> http::HeaderValue {
+    http::HeaderValue::from(u64::try_from(left.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Parses `x-mesh-deadline-ms`.
 pub fn caller_deadline(req: &RequestHeader) -> Option<Duration> {
     let v = req.headers.get(DEADLINE_HEADER)?;
@@ -629,7 +635,7 @@ impl ProxyHttp for Outbound {
         }
         // The next hop learns how long this caller will wait (one small header value per try).
         let left = ctx.deadline.saturating_duration_since(Instant::now());
-        upstream_request.insert_header(DEADLINE_HEADER, left.as_millis().to_string())?;
+        upstream_request.insert_header(DEADLINE_HEADER, deadline_value(left))?;
         // The attempt's span is the next hop's parent (unsampled: see `trace`).
         if let Some(tp) = ctx.trace.as_ref().and_then(ReqTrace::outgoing) {
             upstream_request.insert_header(mesh_trace::context::TRACEPARENT, tp)?;
@@ -852,6 +858,19 @@ mod tests {
         n.sort();
         n.dedup();
         n
+    }
+
+    #[test]
+    fn the_deadline_header_round_trips() {
+        for ms in [0u64, 1, 999, 15_000, 86_400_000] {
+            let mut r = req("/x", Some("b"));
+            r.insert_header(DEADLINE_HEADER, deadline_value(Duration::from_millis(ms)))
+                .unwrap();
+            assert_eq!(r.headers[DEADLINE_HEADER], ms.to_string().as_str());
+            assert_eq!(caller_deadline(&r), Some(Duration::from_millis(ms)));
+        }
+        let sub_ms = deadline_value(Duration::from_micros(1500));
+        assert_eq!(sub_ms, "1", "whole milliseconds, rounded down");
     }
 
     #[test]
