@@ -549,7 +549,8 @@ pub fn config_version(v: &serde_json::Value) -> Option<u64> {
         })
 }
 
-async fn get(client: &reqwest::Client, url: &str) -> Result<(u16, String), String> {
+/// A GET's status and body, errors naming the URL and the whole cause chain.
+pub(crate) async fn get(client: &reqwest::Client, url: &str) -> Result<(u16, String), String> {
     let resp = client
         .get(url)
         .send()

@@ -405,16 +405,7 @@ async fn wait_scraping(
 }
 
 async fn get_json(client: &reqwest::Client, url: &str) -> Result<serde_json::Value, String> {
-    let resp = client
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| format!("GET {url}: {}", error_chain(&e)))?;
-    let status = resp.status().as_u16();
-    let body = resp
-        .text()
-        .await
-        .map_err(|e| format!("GET {url}: {}", error_chain(&e)))?;
+    let (status, body) = crate::mesh::get(client, url).await?;
     if status != 200 {
         return Err(format!("GET {url} answered {status}: {}", body.trim()));
     }

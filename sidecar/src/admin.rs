@@ -175,21 +175,21 @@ fn refusal(s: &AdminState, headers: &HeaderMap) -> Option<Response> {
 }
 
 async fn drain(State(s): State<AdminState>, headers: HeaderMap) -> Response {
-    if let Some(denied) = refusal(&s, &headers) {
-        return denied;
-    }
-    let was = s.draining.swap(true, Ordering::AcqRel);
-    tracing::info!("draining: /ready answers 503");
-    Json(json!({ "draining": true, "was_draining": was })).into_response()
+    set_draining(&s, &headers, true)
 }
 
 async fn undrain(State(s): State<AdminState>, headers: HeaderMap) -> Response {
-    if let Some(denied) = refusal(&s, &headers) {
+    set_draining(&s, &headers, false)
+}
+
+/// `POST /drain` and `/undrain`: behind the token, flips what `/ready` answers.
+fn set_draining(s: &AdminState, headers: &HeaderMap, on: bool) -> Response {
+    if let Some(denied) = refusal(s, headers) {
         return denied;
     }
-    let was = s.draining.swap(false, Ordering::AcqRel);
-    tracing::info!("no longer draining");
-    Json(json!({ "draining": false, "was_draining": was })).into_response()
+    let was = s.draining.swap(on, Ordering::AcqRel);
+    tracing::info!(draining = on, "admin: drain state set");
+    Json(json!({ "draining": on, "was_draining": was })).into_response()
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {

@@ -26,7 +26,7 @@ use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use testkit::{wait_http_ok, Proc};
+use testkit::{sidecar_cmd, start_ready_sidecar, wait_http_ok, Proc};
 
 const STARTUP: Duration = Duration::from_secs(30);
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -214,26 +214,9 @@ fn launch(gunicorn: &PathBuf) -> Harness {
     let table = table.to_str().expect("utf-8 temp path").to_owned();
 
     let sidecar = |service: &str, app: SocketAddr| {
-        let app = app.to_string();
-        let p = Proc::start(
-            "sidecar",
-            &[
-                "--service",
-                service,
-                "--table",
-                &table,
-                "--outbound",
-                "127.0.0.1:0",
-                "--inbound",
-                "127.0.0.1:0",
-                "--admin",
-                "127.0.0.1:0",
-                "--app",
-                &app,
-            ],
-        );
-        wait_http_ok(p.addr("admin"), "/ready", STARTUP);
-        p
+        let mut cmd = sidecar_cmd(service, app);
+        cmd.args(["--table", &table]);
+        start_ready_sidecar(&mut cmd, "sidecar", STARTUP)
     };
     let client = sidecar("client", app);
     let raw_app = sidecar("raw-app", raw);

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use testkit::{get, http, wait_http_ok, wait_until, Proc};
+use testkit::{get, http, sidecar_cmd, start_ready_sidecar, wait_http_ok, wait_until, Proc};
 
 const READY: Duration = Duration::from_secs(30);
 
@@ -74,29 +74,10 @@ fn app(name: &str, instance: &str, extra: &[&str]) -> Proc {
 }
 
 fn sidecar(service: &str, cp: SocketAddr, app: SocketAddr, poll: &str) -> Proc {
-    let p = Proc::start(
-        "sidecar",
-        &[
-            "--service",
-            service,
-            "--control-plane",
-            &format!("http://{cp}"),
-            "--env",
-            "dev",
-            "--outbound",
-            "127.0.0.1:0",
-            "--inbound",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--app",
-            &app.to_string(),
-            "--poll-interval",
-            poll,
-        ],
-    );
-    wait_http_ok(p.addr("admin"), "/ready", READY);
-    p
+    let mut cmd = sidecar_cmd(service, app);
+    cmd.args(["--control-plane", &format!("http://{cp}"), "--env", "dev"]);
+    cmd.args(["--poll-interval", poll]);
+    start_ready_sidecar(&mut cmd, "sidecar", READY)
 }
 
 fn config(sc: &Proc) -> serde_json::Value {

@@ -6,7 +6,9 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use testkit::{get, http, wait_http_ok, wait_until, Proc, Response};
+use testkit::{
+    get, http, sidecar_cmd, start_ready_sidecar, wait_http_ok, wait_until, Proc, Response,
+};
 
 fn temp_table(name: &str, text: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("meshlab-metrics-{name}-{}", std::process::id()));
@@ -34,26 +36,16 @@ fn app(instance: &str, extra: &[&str]) -> Proc {
 }
 
 fn sidecar(table: &Path, extra: &[&str]) -> Proc {
-    let mut args = vec![
-        "--service",
-        "a",
+    // The app address is never called: these tests use the outbound side.
+    let mut cmd = sidecar_cmd("a", "127.0.0.1:9".parse().unwrap());
+    cmd.args([
         "--table",
         table.to_str().unwrap(),
-        "--outbound",
-        "127.0.0.1:0",
-        "--inbound",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-        "--app",
-        "127.0.0.1:9",
         "--poll-interval",
         "100ms",
-    ];
-    args.extend_from_slice(extra);
-    let p = Proc::start("sidecar", &args);
-    wait_http_ok(p.addr("admin"), "/ready", Duration::from_secs(30));
-    p
+    ]);
+    cmd.args(extra);
+    start_ready_sidecar(&mut cmd, "sidecar", Duration::from_secs(30))
 }
 
 fn call(sc: &Proc, service: &str, extra: &[(&str, &str)]) -> Response {

@@ -14,14 +14,16 @@
 //! Each test reads like a story: what runs, what goes wrong, what the client sees.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use testkit::{get, http, wait_http_ok, wait_until, Proc, Response};
+use testkit::{
+    free_port, get, http, sidecar_cmd, start_ready_sidecar, wait_http_ok, wait_until, Proc,
+    Response,
+};
 
 const READY: Duration = Duration::from_secs(30);
 /// Where a table points before the real addresses are known (the discard port: refuses).
@@ -75,25 +77,6 @@ fn service_section(name: &str, endpoints: &[SocketAddr], policy: &str) -> String
     )
 }
 
-/// A free port on loopback, for a process that must be told its address before it starts
-/// (port 0 cannot be used there). The port is checked free by binding it, and the listener is
-/// dropped before the process binds it, so something else could take it in between. To make
-/// that unlikely the port comes from below Linux's ephemeral range (32768..=60999 by default),
-/// which port-0 binds and outgoing connections never use, and each call of this process tries
-/// a different one.
-fn free_port() -> SocketAddr {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let offset = std::process::id() % 1000 * 7;
-    for _ in 0..1000 {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = u16::try_from(20_000 + (offset + n * 13) % 12_000).expect("below 32000");
-        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
-            return l.local_addr().expect("local addr");
-        }
-    }
-    panic!("no free port in 20000..32000 on 127.0.0.1");
-}
-
 /// A `mesh-service` listening on `listen` (port 0 unless the test reserved one).
 fn app_at(name: &str, instance: &str, listen: &str, extra: &[&str]) -> Proc {
     let mut args = vec!["--name", name, "--instance", instance, "--listen", listen];
@@ -109,27 +92,10 @@ fn app(name: &str, instance: &str, extra: &[&str]) -> Proc {
 
 /// A sidecar for `service` reading `table` (rechecked every 200 ms), fronting `app`.
 fn sidecar(service: &str, table: &Path, app: SocketAddr) -> Proc {
-    let p = Proc::start(
-        "sidecar",
-        &[
-            "--service",
-            service,
-            "--table",
-            table.to_str().expect("utf-8 temp path"),
-            "--outbound",
-            "127.0.0.1:0",
-            "--inbound",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--app",
-            &app.to_string(),
-            "--poll-interval",
-            "200ms",
-        ],
-    );
-    wait_http_ok(p.addr("admin"), "/ready", READY);
-    p
+    let mut cmd = sidecar_cmd(service, app);
+    cmd.args(["--table", table.to_str().expect("utf-8 temp path")]);
+    cmd.args(["--poll-interval", "200ms"]);
+    start_ready_sidecar(&mut cmd, "sidecar", READY)
 }
 
 fn admin_json(sc: &Proc, path: &str) -> Value {

@@ -6,12 +6,13 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use mesh_trace::collector::{Collector, RecordedSpan};
-use testkit::{bin, get, http, wait_http_ok, wait_until, Proc};
+use testkit::{
+    bin, free_port, get, http, sidecar_cmd, start_ready_sidecar, wait_http_ok, wait_until, Proc,
+};
 
 const READY: Duration = Duration::from_secs(30);
 
@@ -53,21 +54,6 @@ fn write_table(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).expect("rename table");
 }
 
-/// A free loopback port below the ephemeral range, for an app whose sidecar must know its
-/// address first (see `free_port` in tests/resilience.rs).
-fn free_port() -> SocketAddr {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let offset = std::process::id() % 1000 * 11;
-    for _ in 0..1000 {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = u16::try_from(20_000 + (offset + n * 17) % 12_000).expect("below 32000");
-        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
-            return l.local_addr().expect("addr");
-        }
-    }
-    panic!("no free port in 20000..32000");
-}
-
 /// The OTEL variables pointing at the collector, `OTEL_SERVICE_NAME` = `name`.
 fn otel(cmd: &mut Command, collector: Option<SocketAddr>, name: &str, extra: &[(&str, &str)]) {
     for k in [
@@ -96,23 +82,9 @@ fn sidecar(
     extra_env: &[(&str, &str)],
     extra_args: &[&str],
 ) -> Proc {
-    let mut cmd = Command::new(bin("sidecar"));
-    cmd.args([
-        "--service",
-        service,
-        "--table",
-        table.to_str().expect("utf-8"),
-        "--outbound",
-        "127.0.0.1:0",
-        "--inbound",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-        "--app",
-        &app.to_string(),
-        "--poll-interval",
-        "100ms",
-    ]);
+    let mut cmd = sidecar_cmd(service, app);
+    cmd.args(["--table", table.to_str().expect("utf-8")]);
+    cmd.args(["--poll-interval", "100ms"]);
     cmd.args(extra_args);
     otel(
         &mut cmd,
@@ -120,9 +92,7 @@ fn sidecar(
         &format!("{service}-sidecar"),
         extra_env,
     );
-    let p = Proc::start_with(&mut cmd, &format!("sidecar {service}"));
-    wait_http_ok(p.addr("admin"), "/ready", READY);
-    p
+    start_ready_sidecar(&mut cmd, &format!("sidecar {service}"), READY)
 }
 
 fn app(

@@ -319,3 +319,40 @@ pub fn wait_http_ok(addr: SocketAddr, path: &str, timeout: Duration) {
         || matches!(get(addr, path), Ok(r) if r.status == 200),
     );
 }
+
+/// A sidecar command for `service` fronting `app`, every listener on an ephemeral loopback
+/// port; the caller adds the table source (`--table` or `--control-plane`) and other flags.
+pub fn sidecar_cmd(service: &str, app: SocketAddr) -> Command {
+    let mut cmd = Command::new(bin("sidecar"));
+    cmd.args(["--service", service, "--app", &app.to_string()]);
+    cmd.args(["--outbound", "127.0.0.1:0", "--inbound", "127.0.0.1:0"]);
+    cmd.args(["--admin", "127.0.0.1:0"]);
+    cmd
+}
+
+/// Starts a sidecar command and waits (up to `timeout`) until its admin `/ready` answers 200.
+pub fn start_ready_sidecar(cmd: &mut Command, name: &str, timeout: Duration) -> Proc {
+    let p = Proc::start_with(cmd, name);
+    wait_http_ok(p.addr("admin"), "/ready", timeout);
+    p
+}
+
+/// A free loopback port below the ephemeral range, for a process that must be told its address
+/// before it starts (port 0 cannot be used there). The port is checked free by binding it and
+/// the listener is dropped before the process binds it, so something else could take it in
+/// between; to make that unlikely the port comes from below Linux's ephemeral range
+/// (32768..=60999 by default), which port-0 binds and outgoing connections never use, and each
+/// call of this process tries a different one.
+pub fn free_port() -> SocketAddr {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let offset = std::process::id() % 1000 * 7;
+    for _ in 0..1000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(20_000 + (offset + n * 13) % 12_000).expect("below 32000");
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return l.local_addr().expect("local addr");
+        }
+    }
+    panic!("no free port in 20000..32000 on 127.0.0.1");
+}
