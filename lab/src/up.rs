@@ -63,6 +63,23 @@ impl Report {
     }
 }
 
+/// Runs one start-up step until it ends or a signal arrives; a failure or a signal first
+/// stops every child started so far.
+async fn step<T, E: Into<UpError>>(
+    fut: impl std::future::Future<Output = Result<T, E>>,
+    signals: &mut Signals,
+    sup: &Supervisor,
+) -> Result<T, UpError> {
+    let r = tokio::select! {
+        r = fut => r.map_err(Into::into),
+        sig = signals.recv() => Err(UpError::Interrupted(sig)),
+    };
+    if r.is_err() {
+        sup.stop(STOP_GRACE).await;
+    }
+    r
+}
+
 /// SIGTERM and SIGINT, registered once at the start so neither kills meshlab outright.
 pub struct Signals {
     term: Signal,
@@ -142,38 +159,21 @@ pub async fn run(args: UpArgs) -> Result<Report, UpError> {
         otlp_endpoint: &otlp_endpoint,
         trace_sample: args.trace_sample,
     };
-    let started = tokio::select! {
-        r = mesh::start(&cfg, &sup) => Ok(r),
-        sig = signals.recv() => Err(sig),
-    };
-    let mesh = match started {
-        Ok(Ok(mesh)) => mesh,
-        Ok(Err(e)) => {
-            sup.stop(STOP_GRACE).await;
-            return Err(e.into());
-        }
-        Err(sig) => {
-            sup.stop(STOP_GRACE).await;
-            return Err(UpError::Interrupted(sig));
-        }
-    };
-
+    let mesh = step(mesh::start(&cfg, &sup), &mut signals, &sup).await?;
     // The scrape config, and with --prometheus the server on it, within the same deadline.
-    let observed = tokio::select! {
-        r = observe(&mesh, &run_dir, prometheus_bin.as_deref(), &sup, deadline, args.startup_timeout) => Ok(r),
-        sig = signals.recv() => Err(sig),
-    };
-    let (scrape_config, prom) = match observed {
-        Ok(Ok(o)) => o,
-        Ok(Err(e)) => {
-            sup.stop(STOP_GRACE).await;
-            return Err(e.into());
-        }
-        Err(sig) => {
-            sup.stop(STOP_GRACE).await;
-            return Err(UpError::Interrupted(sig));
-        }
-    };
+    let (scrape_config, prom) = step(
+        observe(
+            &mesh,
+            &run_dir,
+            prometheus_bin.as_deref(),
+            &sup,
+            deadline,
+            args.startup_timeout,
+        ),
+        &mut signals,
+        &sup,
+    )
+    .await?;
 
     sup.set_running();
     let mut info = mesh.describe(&run_dir);
