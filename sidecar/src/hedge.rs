@@ -8,7 +8,6 @@
 //! path. A hedge is a retry for the budget: it is sent only when the retry budget grants one.
 //! Both tries report to the breakers and the latency estimates like any other try.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +19,7 @@ use pingora_http::RequestHeader;
 use pingora_proxy::Session;
 
 use crate::balancer::Chosen;
-use crate::outbound::{deadline_value, strip_response_hop_by_hop, DEADLINE_HEADER};
+use crate::outbound::{deadline_value, peer_for, strip_response_hop_by_hop, DEADLINE_HEADER};
 use crate::reason::Reason;
 use crate::routes::ServiceRoute;
 use crate::trace::{end_span, method_name, ReqTrace};
@@ -105,17 +104,6 @@ async fn attempt(
     up.finish_request_body().await?;
     up.read_response_header().await?;
     Ok((up, peer))
-}
-
-fn peer_for(addr: SocketAddr, route: &ServiceRoute, left: Duration) -> HttpPeer {
-    let t = &route.policy.timeouts;
-    let try_timeout = t.per_try().map_or(left, |p| p.min(left));
-    let mut peer = HttpPeer::new(addr, false, String::new());
-    peer.options.connection_timeout = Some(t.connect().min(left));
-    peer.options.read_timeout = Some(try_timeout);
-    peer.options.write_timeout = Some(try_timeout);
-    peer.options.idle_timeout = Some(Duration::from_secs(60));
-    peer
 }
 
 /// The request as the endpoint gets it: origin-form, Host from the authority, no hop-by-hop

@@ -143,6 +143,19 @@ struct Attempting {
 /// the retry decision is already taken when it is raised.
 const RETRY_STATUS: &str = "mesh-retriable-status";
 
+/// The peer of one try at `addr`: the route's connect and per-try timeouts, bounded by the
+/// time `left` before the request's deadline (the hedging path uses it too).
+pub fn peer_for(addr: SocketAddr, route: &ServiceRoute, left: Duration) -> HttpPeer {
+    let t = &route.policy.timeouts;
+    let try_timeout = t.per_try().map_or(left, |p| p.min(left));
+    let mut peer = HttpPeer::new(addr, false, String::new());
+    peer.options.connection_timeout = Some(t.connect().min(left));
+    peer.options.read_timeout = Some(try_timeout);
+    peer.options.write_timeout = Some(try_timeout);
+    peer.options.idle_timeout = Some(UPSTREAM_IDLE);
+    peer
+}
+
 /// The remaining time of the caller's deadline, in milliseconds, sent to the next hop.
 pub const DEADLINE_HEADER: &str = "x-mesh-deadline-ms";
 
@@ -513,15 +526,9 @@ impl ProxyHttp for Outbound {
             probe: chosen.probe,
             reported: false,
         });
-        let t = &policy.timeouts;
-        let try_timeout = t.per_try().map_or(remaining, |p| p.min(remaining));
-        ctx.try_is_deadline = try_timeout == remaining;
-        let mut peer = HttpPeer::new(addr, false, String::new());
-        peer.options.connection_timeout = Some(t.connect().min(remaining));
-        peer.options.read_timeout = Some(try_timeout);
-        peer.options.write_timeout = Some(try_timeout);
-        peer.options.idle_timeout = Some(UPSTREAM_IDLE);
-        Ok(Box::new(peer))
+        // The try's timeout is the deadline itself when no shorter per-try timeout applies.
+        ctx.try_is_deadline = policy.timeouts.per_try().is_none_or(|p| p >= remaining);
+        Ok(Box::new(peer_for(addr, &route, remaining)))
     }
 
     fn fail_to_connect(
