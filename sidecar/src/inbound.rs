@@ -1,28 +1,28 @@
-//! The inbound proxy: other services' calls to the local app.
+//! The inbound listener: other services' calls to the local app.
 //!
-//! It forwards every request to the app over pooled keep-alive connections, with the read
-//! timeout of the local service's table entry (its `request_ms`), drops the app's hop-by-hop
-//! response fields, and answers with a reasoned 502/504 when the app is down or too slow.
+//! It forwards every request to the app over pooled keep-alive connections, within the local
+//! service's `request_ms` and the caller's deadline (plus a little grace), drops the app's
+//! hop-by-hop response fields, and answers with a reasoned 502/504 when the app is down or too
+//! slow. A caller whose deadline has passed gets a 504 at once and the app does no work.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, Result};
-use pingora_http::{RequestHeader, ResponseHeader};
-use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use pingora_core::protocols::http::v1::server::HttpSession;
 
-use crate::metrics::RouteMetrics;
-use crate::outbound::caller_deadline;
-use crate::outbound::strip_response_hop_by_hop;
+use crate::conn::Handler;
+use crate::forward::{self, Forwarded, ReqBody};
+use crate::http as h;
+use crate::metrics::{RouteMetrics, TimeoutKind};
+use crate::outbound::attempt::{self, Ended, Failed};
+use crate::outbound::log_trace_id;
 use crate::reason::{self, Reason};
 use crate::routes::Mesh;
 use crate::trace::{self, ReqTrace};
+use crate::upstream::Upstreams;
 
 const APP_CONNECT: Duration = Duration::from_secs(1);
-const APP_IDLE: Duration = Duration::from_secs(60);
 
 /// How much longer than the caller's deadline the inbound side waits for the app. The caller's
 /// own sidecar times the request out at the deadline and names the cause itself; this side
@@ -38,16 +38,29 @@ pub struct Inbound {
     pub access_log: bool,
     /// Traces; `None` when off.
     pub tracing: trace::Shared,
+    pub upstreams: Arc<Upstreams>,
 }
 
-/// Per-request state of the inbound side.
-pub struct InboundCtx {
-    /// What is left of the caller's deadline, when it sent one.
-    deadline: Option<Duration>,
+struct Ctx {
     started: Instant,
     answered: Option<Reason>,
-    /// The request's trace; `None` when tracing is off.
     trace: Option<ReqTrace>,
+}
+
+impl Handler for Inbound {
+    async fn serve(&self, s: &mut HttpSession) {
+        let mut cx = Ctx {
+            started: Instant::now(),
+            answered: None,
+            trace: None,
+        };
+        self.proxy(s, &mut cx).await;
+        self.done(s, &mut cx);
+    }
+
+    fn bad_request(&self) -> (&'static str, &str) {
+        ("inbound", &self.mesh.service)
+    }
 }
 
 impl Inbound {
@@ -60,26 +73,17 @@ impl Inbound {
             })
             .unwrap_or(Duration::from_millis(mesh_table::defaults::REQUEST_MS))
     }
-}
 
-#[async_trait]
-impl ProxyHttp for Inbound {
-    type CTX = InboundCtx;
-
-    fn new_ctx(&self) -> InboundCtx {
-        InboundCtx {
-            deadline: None,
-            started: Instant::now(),
-            answered: None,
-            trace: None,
-        }
+    async fn answer(&self, s: &mut HttpSession, cx: &mut Ctx, reason: Reason, detail: &str) {
+        cx.answered = Some(reason);
+        reason::answer(s, reason, "inbound", &self.mesh.service, detail, 0).await;
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut InboundCtx) -> Result<bool> {
+    async fn proxy(&self, s: &mut HttpSession, cx: &mut Ctx) {
         if let Some(tracing) = &self.tracing {
-            let req = session.req_header();
-            let peer = session.client_addr();
-            ctx.trace = Some(ReqTrace::start(
+            let req = s.req_header();
+            let peer = s.client_addr().and_then(|p| p.as_inet()).copied();
+            cx.trace = Some(ReqTrace::start(
                 tracing,
                 req,
                 opentelemetry::trace::SpanKind::Server,
@@ -87,10 +91,10 @@ impl ProxyHttp for Inbound {
                     use opentelemetry::KeyValue;
                     let mut a = trace::request_attrs(req, &self.mesh.service, "inbound");
                     a.push(KeyValue::new("mesh.endpoint", self.app.to_string()));
-                    if let Some(host) = crate::outbound::authority_host(req) {
+                    if let Some(host) = h::authority_host(req) {
                         a.push(KeyValue::new("server.address", host.to_owned()));
                     }
-                    if let Some(p) = peer.and_then(|p| p.as_inet()) {
+                    if let Some(p) = peer {
                         a.push(KeyValue::new("network.peer.address", p.ip().to_string()));
                         a.push(KeyValue::new("network.peer.port", i64::from(p.port())));
                     }
@@ -98,64 +102,100 @@ impl ProxyHttp for Inbound {
                 },
             ));
         }
-        ctx.deadline = caller_deadline(session.req_header());
-        if ctx.deadline.is_some_and(|d| d.is_zero()) {
-            self.metrics.timeout(3);
-            ctx.answered = Some(Reason::DeadlineExceeded);
+        let caller = h::caller_deadline(s.req_header());
+        if caller.is_some_and(|d| d.is_zero()) {
+            self.metrics.timeout(TimeoutKind::Deadline);
             // The caller has given up already: do no work for it.
             let detail = format!(
                 "the caller's deadline passed before service {} was called",
                 self.mesh.service
             );
-            let (h, body) = reason::response(
-                Reason::DeadlineExceeded,
-                "inbound",
-                &self.mesh.service,
-                &detail,
-                0,
-            );
-            reason::send(session, h, body).await;
-            return Ok(true);
+            return self.answer(s, cx, Reason::DeadlineExceeded, &detail).await;
         }
-        Ok(false)
-    }
-
-    async fn upstream_peer(
-        &self,
-        _session: &mut Session,
-        ctx: &mut InboundCtx,
-    ) -> Result<Box<HttpPeer>> {
-        let timeout = match ctx.deadline {
-            Some(left) => with_grace(left).min(self.app_timeout()),
-            None => self.app_timeout(),
+        let app_timeout = self.app_timeout();
+        let (timeout, deadline_bound) = match caller {
+            Some(left) if with_grace(left) < app_timeout => (with_grace(left), true),
+            _ => (app_timeout, false),
         };
-        let mut peer = HttpPeer::new(self.app, false, String::new());
-        peer.options.connection_timeout = Some(APP_CONNECT);
-        peer.options.read_timeout = Some(timeout);
-        peer.options.write_timeout = Some(timeout);
-        peer.options.idle_timeout = Some(APP_IDLE);
-        Ok(Box::new(peer))
+        let mut base = match h::upstream_request(s.req_header()) {
+            Ok(r) => r,
+            Err(e) => return self.answer(s, cx, Reason::BadRequest, &e.to_string()).await,
+        };
+        if base.headers.contains_key(http::header::EXPECT) {
+            base.remove_header(&http::header::EXPECT);
+        }
+        // The app's parent is this hop's server span (unsampled: see `trace`).
+        if let Some(tp) = cx.trace.as_ref().and_then(ReqTrace::outgoing) {
+            let _ = base.insert_header(h::TRACEPARENT.clone(), tp);
+        }
+        let mut body = ReqBody::of(s, None);
+        let idempotent = crate::retry::is_idempotent(s.req_header().method.as_str());
+        let request = || base.clone();
+        let exchanged = tokio::time::timeout(
+            timeout,
+            attempt::exchange(
+                &self.upstreams,
+                self.app,
+                APP_CONNECT,
+                &request,
+                idempotent,
+                Some(&mut *s),
+                &mut body,
+            ),
+        )
+        .await
+        .unwrap_or(Err(Failed::Try(Ended::TimedOut {
+            deadline: deadline_bound,
+        })));
+        let mut conn = match exchanged {
+            Ok(conn) => conn,
+            Err(Failed::Client) => {
+                s.set_server_keepalive(None);
+                return;
+            }
+            Err(Failed::Try(ended)) => {
+                let reason = match ended {
+                    Ended::TimedOut { deadline: true } => Reason::DeadlineExceeded,
+                    Ended::TimedOut { deadline: false } => Reason::PerTryTimeout,
+                    e => e.reason(),
+                };
+                let what = match ended {
+                    Ended::ConnectFailed { .. } => "refused the connection",
+                    Ended::TimedOut { .. } => "did not answer in time",
+                    _ => "closed the connection",
+                };
+                let detail = format!("the app of service {} {what}", self.mesh.service);
+                return self.answer(s, cx, reason, &detail).await;
+            }
+        };
+        let mut resp = conn
+            .session
+            .resp_header()
+            .expect("a response header was read")
+            .clone();
+        h::strip_response_hop_by_hop(&mut resp);
+        let forwarded = forward::response(s, &mut conn.session, resp, timeout).await;
+        if forwarded == Forwarded::Complete {
+            self.upstreams.put(self.app, conn.session).await;
+        }
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut InboundCtx) {
-        let status = session
-            .as_ref()
-            .response_written()
-            .map(|r| r.status.as_u16());
-        self.metrics
-            .request(status, ctx.started.elapsed().as_secs_f64());
-        if let Some(reason) = ctx.answered {
+    fn done(&self, s: &HttpSession, cx: &mut Ctx) {
+        let status = s.response_written().map(|r| r.status.as_u16());
+        let elapsed = cx.started.elapsed();
+        self.metrics.request(status, elapsed.as_secs_f64());
+        if let Some(reason) = cx.answered {
             self.metrics.error(reason.token());
         }
-        if let Some(t) = ctx.trace.as_mut() {
-            t.end(status, ctx.answered.map(Reason::token), Vec::new);
+        if let Some(t) = cx.trace.as_mut() {
+            t.end(status, cx.answered.map(Reason::token), Vec::new);
         }
         if self.access_log {
-            let req = session.req_header();
+            let req = s.req_header();
             let mut hex = [0u8; 32];
             tracing::info!(
                 target: "access",
-                trace_id = crate::outbound::log_trace_id(ctx.trace.as_ref(), req, &mut hex),
+                trace_id = log_trace_id(cx.trace.as_ref(), req, &mut hex),
                 direction = "inbound",
                 service = %self.mesh.service,
                 upstream = %self.mesh.service,
@@ -163,59 +203,9 @@ impl ProxyHttp for Inbound {
                 method = %req.method,
                 status = status.unwrap_or(0),
                 attempts = 1,
-                reason = ctx.answered.map_or("", |r| r.token()),
-                duration_ms = ctx.started.elapsed().as_secs_f64() * 1e3,
+                reason = cx.answered.map_or("", |r| r.token()),
+                duration_ms = elapsed.as_secs_f64() * 1e3,
             );
-        }
-    }
-
-    async fn upstream_request_filter(
-        &self,
-        _session: &mut Session,
-        upstream_request: &mut RequestHeader,
-        ctx: &mut InboundCtx,
-    ) -> Result<()> {
-        // The app's parent is this hop's server span (unsampled: see `trace`).
-        if let Some(tp) = ctx.trace.as_ref().and_then(ReqTrace::outgoing) {
-            upstream_request.insert_header(mesh_trace::context::TRACEPARENT, tp)?;
-        }
-        Ok(())
-    }
-
-    async fn response_filter(
-        &self,
-        _session: &mut Session,
-        upstream_response: &mut ResponseHeader,
-        _ctx: &mut InboundCtx,
-    ) -> Result<()> {
-        strip_response_hop_by_hop(upstream_response);
-        Ok(())
-    }
-
-    async fn fail_to_proxy(
-        &self,
-        session: &mut Session,
-        e: &Error,
-        ctx: &mut InboundCtx,
-    ) -> FailToProxy {
-        if let Some(done) = reason::downstream_failure(session, e).await {
-            return done;
-        }
-        let deadline_bound = ctx
-            .deadline
-            .is_some_and(|left| with_grace(left) < self.app_timeout());
-        let reason = match Reason::of_error(e.etype()) {
-            Reason::PerTryTimeout if deadline_bound => Reason::DeadlineExceeded,
-            r => r,
-        };
-        ctx.answered = Some(reason);
-        let detail = format!("app {} of service {}: {e}", self.app, self.mesh.service);
-        let (h, body) = reason::response(reason, "inbound", &self.mesh.service, &detail, 0);
-        let status = reason.status();
-        reason::send(session, h, body).await;
-        FailToProxy {
-            error_code: status,
-            can_reuse_downstream: false,
         }
     }
 }

@@ -11,12 +11,17 @@
 //! - `balancer`: endpoint discovery (static lists, DNS) and selection per service;
 //! - `source`: where tables come from (control-plane poller, or a file) and the status of the
 //!   last fetch;
-//! - `outbound` / `inbound`: the two Pingora `ProxyHttp` implementations (wiring only);
+//! - `conn`: the request loop of one client connection (pingora-core's HTTP/1 session), shared
+//!   by both listeners; upgrades are handed to `tunnel` (pingora-proxy);
+//! - `outbound` (`attempt`, `hedge`) / `inbound`: what each listener does with a request: the
+//!   attempt loop with its policies, and the inbound hop to the local app;
+//! - `forward`: request bodies up and responses down, streamed;
+//! - `upstream`: connecting to endpoints and the pool of idle connections;
+//! - `http`: the `x-mesh-*` names, authority, hop-by-hop fields, the upstream request;
 //! - `reason`: the errors the sidecar answers itself, each with its `x-mesh-error` reason;
 //! - `retry`, `breaker`, `limits`, `select`: the policies, pure state machines: retry decision,
 //!   backoff and budget; per-endpoint ejection; concurrency limits; endpoint selection;
 //! - `health`: active health checks;
-//! - `hedge`: hedged requests, served with Pingora's connector outside the proxy loop;
 //! - `metrics`: the Prometheus families, resolved per route so the hot path only touches atomics;
 //! - `admin`: the admin HTTP server;
 //! - `ports`: binding listeners on port 0 and announcing the real ports;
@@ -26,8 +31,10 @@ pub mod admin;
 pub mod balancer;
 pub mod breaker;
 pub mod config;
+pub mod conn;
+pub mod forward;
 pub mod health;
-pub mod hedge;
+pub mod http;
 pub mod inbound;
 pub mod limits;
 pub mod metrics;
@@ -39,3 +46,5 @@ pub mod routes;
 pub mod select;
 pub mod source;
 pub mod trace;
+pub mod tunnel;
+pub mod upstream;

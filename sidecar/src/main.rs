@@ -7,10 +7,12 @@ use clap::Parser;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
-use pingora_proxy::http_proxy_service_with_name;
+use pingora_core::services::listening::Service;
+use pingora_proxy::http_proxy;
 
 use sidecar::admin::{AdminService, AdminState};
 use sidecar::config::{Args, LogFormat, Switch};
+use sidecar::conn::Listener;
 use sidecar::health::HealthChecker;
 use sidecar::inbound::Inbound;
 use sidecar::metrics::Metrics;
@@ -18,6 +20,8 @@ use sidecar::outbound::Outbound;
 use sidecar::ports::{reserve, Announcer};
 use sidecar::routes::Mesh;
 use sidecar::source::{Origin, TableSource};
+use sidecar::tunnel::{Side, Tunnel};
+use sidecar::upstream::{PoolSweeper, Upstreams};
 
 fn main() {
     let args = Args::parse();
@@ -82,8 +86,8 @@ fn run(args: Args) -> anyhow::Result<()> {
 
     let conf = ServerConf {
         threads: args.threads,
-        // Our retry policy decides each retry; this only caps the attempts Pingora will make.
-        max_retries: 10,
+        // Upgrade handshakes (pingora-proxy): one more endpoint after a connect failure.
+        max_retries: 2,
         grace_period_seconds: Some(args.shutdown_grace_s),
         graceful_shutdown_timeout_seconds: Some(args.shutdown_grace_s),
         ..Default::default()
@@ -91,29 +95,58 @@ fn run(args: Args) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut out_svc = http_proxy_service_with_name(
-        &server.configuration,
-        Outbound::new(mesh.clone(), args.access_log, tracing.clone()),
-        "outbound",
+    // Requests go through our own request loop (`conn`) on pingora-core; upgrades are handed
+    // to pingora-proxy (`tunnel`). One upstream pool per listener.
+    let tunnel = |side| {
+        Arc::new(http_proxy(
+            &server.configuration,
+            Tunnel {
+                mesh: mesh.clone(),
+                side,
+            },
+        ))
+    };
+    let out_pool = Arc::new(Upstreams::new());
+    let in_pool = Arc::new(Upstreams::new());
+    let mut out_svc = Service::new(
+        "outbound".to_string(),
+        Listener::new(
+            Outbound::new(
+                mesh.clone(),
+                out_pool.clone(),
+                args.access_log,
+                tracing.clone(),
+            ),
+            tunnel(Side::Outbound),
+        ),
     );
     out_svc.add_tcp_with_settings(
         &outbound.addr.to_string(),
         outbound.options.clone().unwrap_or_default(),
     );
-    let mut in_svc = http_proxy_service_with_name(
-        &server.configuration,
-        Inbound {
-            mesh: mesh.clone(),
-            app: args.app,
-            metrics: metrics.route("inbound", &args.service, &args.service),
-            access_log: args.access_log,
-            tracing: tracing.clone(),
-        },
-        "inbound",
+    let mut in_svc = Service::new(
+        "inbound".to_string(),
+        Listener::new(
+            Inbound {
+                mesh: mesh.clone(),
+                app: args.app,
+                metrics: metrics.route("inbound", &args.service, &args.service),
+                access_log: args.access_log,
+                tracing: tracing.clone(),
+                upstreams: in_pool.clone(),
+            },
+            tunnel(Side::Inbound { app: args.app }),
+        ),
     );
     in_svc.add_tcp_with_settings(
         &inbound.addr.to_string(),
         inbound.options.clone().unwrap_or_default(),
+    );
+    let sweeper = background_service(
+        "upstream pools",
+        PoolSweeper {
+            pools: vec![out_pool, in_pool],
+        },
     );
 
     let listeners_up = Arc::new(AtomicBool::new(false));
@@ -151,6 +184,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     server.add_service(health);
     server.add_service(admin);
     server.add_service(announcer);
+    server.add_service(sweeper);
     tracing::info!(
         service = %args.service,
         outbound = %outbound.addr,

@@ -21,18 +21,92 @@ const BUCKETS: &[f64] = &[
 
 /// Status classes in label order: 1xx..5xx, then "error" for no response at all.
 const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
-/// Attempt results.
-pub const ATTEMPT_RESULTS: [&str; 5] = [
-    "success",
-    "failure_status",
-    "connect_failure",
-    "reset",
-    "timeout",
-];
-/// What a retry was for.
-pub const RETRY_REASONS: [&str; 5] = ["status", "connect_failure", "reset", "timeout", "hedge"];
-/// Timeout kinds.
-pub const TIMEOUT_KINDS: [&str; 4] = ["connect", "per_try", "request", "deadline"];
+/// How a try ended, as `meshlab_upstream_attempts_total` labels it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptResult {
+    Success,
+    FailureStatus,
+    ConnectFailure,
+    Reset,
+    Timeout,
+}
+
+impl AttemptResult {
+    pub const ALL: [AttemptResult; 5] = [
+        AttemptResult::Success,
+        AttemptResult::FailureStatus,
+        AttemptResult::ConnectFailure,
+        AttemptResult::Reset,
+        AttemptResult::Timeout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptResult::Success => "success",
+            AttemptResult::FailureStatus => "failure_status",
+            AttemptResult::ConnectFailure => "connect_failure",
+            AttemptResult::Reset => "reset",
+            AttemptResult::Timeout => "timeout",
+        }
+    }
+}
+
+/// What a retry was for, as `meshlab_retries_total` labels it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryReason {
+    Status,
+    ConnectFailure,
+    Reset,
+    Timeout,
+    Hedge,
+}
+
+impl RetryReason {
+    pub const ALL: [RetryReason; 5] = [
+        RetryReason::Status,
+        RetryReason::ConnectFailure,
+        RetryReason::Reset,
+        RetryReason::Timeout,
+        RetryReason::Hedge,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryReason::Status => "status",
+            RetryReason::ConnectFailure => "connect_failure",
+            RetryReason::Reset => "reset",
+            RetryReason::Timeout => "timeout",
+            RetryReason::Hedge => "hedge",
+        }
+    }
+}
+
+/// Timeout kinds, as `meshlab_timeouts_total` labels them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutKind {
+    Connect,
+    PerTry,
+    Request,
+    Deadline,
+}
+
+impl TimeoutKind {
+    pub const ALL: [TimeoutKind; 4] = [
+        TimeoutKind::Connect,
+        TimeoutKind::PerTry,
+        TimeoutKind::Request,
+        TimeoutKind::Deadline,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimeoutKind::Connect => "connect",
+            TimeoutKind::PerTry => "per_try",
+            TimeoutKind::Request => "request",
+            TimeoutKind::Deadline => "deadline",
+        }
+    }
+}
 
 pub struct Metrics {
     pub registry: Registry,
@@ -207,10 +281,10 @@ impl Metrics {
         RouteMetrics {
             class: CLASSES.map(|c| with(&self.requests, c)),
             duration: self.duration.with_label_values(&l),
-            attempts: ATTEMPT_RESULTS.map(|r| with(&self.attempts, r)),
-            retries: RETRY_REASONS.map(|r| with(&self.retries, r)),
+            attempts: AttemptResult::ALL.map(|r| with(&self.attempts, r.as_str())),
+            retries: RetryReason::ALL.map(|r| with(&self.retries, r.as_str())),
             refusals: Refusal::ALL.map(|r| with(&self.refusals, r.as_str())),
-            timeouts: TIMEOUT_KINDS.map(|k| with(&self.timeouts, k)),
+            timeouts: TimeoutKind::ALL.map(|k| with(&self.timeouts, k.as_str())),
             ejections: self.ejections.with_label_values(&l),
             overflows: self.overflows.with_label_values(&l),
             errors: self.errors.clone(),
@@ -282,17 +356,17 @@ impl RouteMetrics {
         self.duration.observe(seconds);
     }
 
-    /// `result` indexes [`ATTEMPT_RESULTS`].
-    pub fn attempt(&self, result: usize) {
+    /// A try ended.
+    pub fn attempt(&self, result: AttemptResult) {
         if !self.per_request {
             return;
         }
-        self.attempts[result].inc();
+        self.attempts[result as usize].inc();
     }
 
-    /// `reason` indexes [`RETRY_REASONS`].
-    pub fn retry(&self, reason: usize) {
-        self.retries[reason].inc();
+    /// A retry (or hedge) was sent.
+    pub fn retry(&self, reason: RetryReason) {
+        self.retries[reason as usize].inc();
     }
 
     pub fn refusal(&self, r: Refusal) {
@@ -310,9 +384,8 @@ impl RouteMetrics {
             .collect()
     }
 
-    /// `kind` indexes [`TIMEOUT_KINDS`].
-    pub fn timeout(&self, kind: usize) {
-        self.timeouts[kind].inc();
+    pub fn timeout(&self, kind: TimeoutKind) {
+        self.timeouts[kind as usize].inc();
     }
 
     /// A response the sidecar made itself (error path only: resolves its label set here).
@@ -331,7 +404,7 @@ mod tests {
     fn count_one_ok(m: &Metrics) -> (u64, u64) {
         let r = m.route("outbound", "a", "b");
         r.request(Some(200), 0.001);
-        r.attempt(0);
+        r.attempt(AttemptResult::Success);
         (r.class[1].get(), r.attempts[0].get())
     }
 

@@ -247,6 +247,17 @@ impl ReqTrace {
     }
 }
 
+/// The `traceparent` that makes `span` the next hop's parent.
+pub fn traceparent_of(span: &SdkSpan) -> http::HeaderValue {
+    let sc = opentelemetry::trace::Span::span_context(span);
+    TraceParent {
+        trace_id: sc.trace_id().to_bytes(),
+        span_id: sc.span_id().to_bytes(),
+        sampled: true,
+    }
+    .header_value()
+}
+
 /// Ends a span of its own (an attempt) with its outcome.
 pub fn end_span(mut span: SdkSpan, status: Option<u16>, reason: Option<Cow<'static, str>>) {
     use opentelemetry::trace::Span as _;

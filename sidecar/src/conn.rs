@@ -1,0 +1,132 @@
+//! One client connection: the loop that reads its requests one after another and hands each to
+//! a listener's [`Handler`], on pingora-core's HTTP/1 server session.
+//!
+//! One task per connection (the listening service spawns it), no task or channel per request.
+//! Pipelined requests are answered in order (RFC 9112 9.3.2): bytes read past one request are
+//! the start of the next. An Upgrade request (WebSocket) is handed over, still unanswered, to
+//! pingora-proxy's `HttpProxy` with a slim `ProxyHttp` of its own (`tunnel`): the request's
+//! bytes are given back to a fresh session as its pipelined prefix, so pingora-proxy reads the
+//! request as if it had just arrived and runs the tunnel with its duplex loop.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use pingora_core::apps::{HttpServerApp, ServerApp};
+use pingora_core::protocols::http::v1::server::HttpSession;
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::Stream;
+use pingora_core::server::ShutdownWatch;
+use pingora_error::ErrorType;
+use pingora_proxy::HttpProxy;
+
+use crate::reason::Reason;
+use crate::tunnel::Tunnel;
+
+/// How long a kept-alive client connection may sit idle between requests (seconds).
+pub const CLIENT_KEEPALIVE_S: u64 = 60;
+
+/// What a listener does with each request read from a connection.
+pub trait Handler: Send + Sync + 'static {
+    /// Serves one request whose header has been read: by the time it returns, the response
+    /// has been written whole (or the connection is known to be unusable).
+    fn serve<'a>(&'a self, s: &'a mut HttpSession) -> impl Future<Output = ()> + Send + 'a;
+
+    /// Answers a request that could not be read (malformed header).
+    fn bad_request(&self) -> (&'static str, &str);
+}
+
+/// A listener: the request loop over each connection, with `H` serving the requests and
+/// pingora-proxy serving the upgrades.
+pub struct Listener<H> {
+    handler: H,
+    tunnel: Arc<HttpProxy<Tunnel>>,
+}
+
+impl<H: Handler> Listener<H> {
+    pub fn new(handler: H, tunnel: Arc<HttpProxy<Tunnel>>) -> Self {
+        Listener { handler, tunnel }
+    }
+}
+
+#[async_trait]
+impl<H: Handler> ServerApp for Listener<H> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let mut shutdown = shutdown.clone();
+        let mut stream = stream;
+        let mut prefix: Option<BytesMut> = None;
+        loop {
+            let mut s = HttpSession::new(stream);
+            s.set_pipelining_enabled(true);
+            if let Some(p) = prefix.take() {
+                s.set_pipelined_prefix(p);
+            }
+            let closing = *shutdown.borrow();
+            s.set_server_keepalive((!closing).then_some(CLIENT_KEEPALIVE_S));
+            let read = tokio::select! {
+                biased;
+                r = s.read_request() => r,
+                _ = shutdown.changed() => return None,
+            };
+            match read {
+                Ok(Some(_)) => {}
+                Ok(None) => return None,
+                Err(e) => {
+                    if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
+                        let (hop, service) = self.handler.bad_request();
+                        let detail = format!("malformed request: {}", e.reason_str());
+                        crate::reason::answer(&mut s, Reason::BadRequest, hop, service, &detail, 0)
+                            .await;
+                    }
+                    return None;
+                }
+            }
+            if s.is_upgrade_req() {
+                self.hand_over(s, &shutdown).await;
+                return None;
+            }
+            self.handler.serve(&mut s).await;
+            match s.reuse().await {
+                Ok(Some(reusable)) => (stream, prefix) = reusable.into_parts(),
+                _ => return None,
+            }
+        }
+    }
+}
+
+impl<H: Handler> Listener<H> {
+    /// Gives an Upgrade request to pingora-proxy: the request's bytes become the pipelined
+    /// prefix of a new session on the same connection.
+    async fn hand_over(&self, s: HttpSession, shutdown: &ShutdownWatch) {
+        let head = s.get_headers_raw_bytes();
+        let mut bytes = BytesMut::with_capacity(head.len());
+        bytes.extend_from_slice(&head);
+        let stream = if s.will_keepalive() {
+            match s.reuse().await {
+                Ok(Some(r)) => {
+                    let (stream, more) = r.into_parts();
+                    if let Some(more) = more {
+                        bytes.extend_from_slice(&more);
+                    }
+                    stream
+                }
+                _ => return,
+            }
+        } else {
+            s.into_inner()
+        };
+        let mut session = ServerSession::new_http1(stream);
+        session.set_pipelined_prefix(bytes);
+        session.set_keepalive(None);
+        let _ = self.tunnel.process_new_http(session, shutdown).await;
+    }
+}
+
+/// The idle timeout of an upgraded connection's reads (both directions).
+pub const TUNNEL_IDLE: Duration = Duration::from_secs(3600);

@@ -1,0 +1,209 @@
+//! Moving a request body up and a response down, shared by both listeners.
+//!
+//! The response is streamed: its header goes to the client as soon as it is read, and each
+//! body read is written on at once, straight from the upstream session's buffer (no copy into
+//! a new buffer per chunk). The request body is read from the client while it is sent, and
+//! kept (as reference-counted chunks, no copy) when the table lets a retry send it again.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header;
+use pingora_core::protocols::http::v1::client::HttpSession as ClientSession;
+use pingora_core::protocols::http::v1::server::HttpSession;
+use pingora_http::ResponseHeader;
+
+/// The request body, as the tries of one request send it.
+pub struct ReqBody {
+    /// Whether the request has a body at all.
+    present: bool,
+    /// Chunks read so far, kept for a retry; `None` once the body cannot be replayed.
+    kept: Option<Vec<Bytes>>,
+    /// Bytes have been read from the client (so without `kept` they cannot be sent again).
+    consumed: bool,
+    /// The whole body has been read from the client.
+    done: bool,
+    /// The client waits for `100 Continue` before it sends the body.
+    expects_continue: bool,
+}
+
+/// Which side broke while the body was being moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyError {
+    /// Reading from the client failed: the client is gone or sent a malformed body.
+    Client,
+    /// Writing to the upstream failed.
+    Upstream,
+}
+
+impl ReqBody {
+    /// The body of the request `s` has read; `replay_limit` is the largest body kept for a
+    /// retry (`None`: never kept, as on the inbound side).
+    pub fn of(s: &HttpSession, replay_limit: Option<u64>) -> ReqBody {
+        let req = s.req_header();
+        let present = crate::http::has_body(req);
+        let len = crate::http::content_length(req);
+        let keep = present && replay_limit.is_some_and(|limit| len.is_some_and(|l| l <= limit));
+        let expects_continue = present
+            && req
+                .headers
+                .get(header::EXPECT)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        ReqBody {
+            present,
+            kept: keep.then(Vec::new),
+            consumed: false,
+            done: !present,
+            expects_continue,
+        }
+    }
+
+    /// No body (hedged tries, which never have one).
+    pub fn none() -> ReqBody {
+        ReqBody {
+            present: false,
+            kept: None,
+            consumed: false,
+            done: true,
+            expects_continue: false,
+        }
+    }
+
+    /// Whether another try can send the whole body again.
+    pub fn replayable(&self) -> bool {
+        !self.present || self.kept.is_some() || !self.consumed
+    }
+
+    pub fn present(&self) -> bool {
+        self.present
+    }
+
+    /// The client's `Expect: 100-continue` is answered here (as Envoy does by default), so it is
+    /// not forwarded.
+    pub fn expects_continue(&self) -> bool {
+        self.expects_continue
+    }
+
+    /// Sends the body on `up`: what was kept from an earlier try, then the rest as the client
+    /// sends it.
+    pub async fn send(
+        &mut self,
+        down: &mut HttpSession,
+        up: &mut ClientSession,
+    ) -> Result<(), BodyError> {
+        if !self.present {
+            return Ok(());
+        }
+        if let Some(kept) = &self.kept {
+            for chunk in kept {
+                up.write_body(chunk)
+                    .await
+                    .map_err(|_| BodyError::Upstream)?;
+            }
+        }
+        if !self.done {
+            if self.expects_continue {
+                self.expects_continue = false;
+                down.write_continue_response()
+                    .await
+                    .map_err(|_| BodyError::Client)?;
+            }
+            loop {
+                match down.read_body_bytes().await {
+                    Ok(Some(chunk)) => {
+                        self.consumed = true;
+                        let sent = up.write_body(&chunk).await;
+                        if let Some(kept) = self.kept.as_mut() {
+                            kept.push(chunk);
+                        }
+                        sent.map_err(|_| BodyError::Upstream)?;
+                    }
+                    Ok(None) => {
+                        self.done = true;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "reading the request body from the client");
+                        return Err(BodyError::Client);
+                    }
+                }
+            }
+        }
+        up.finish_body().await.map_err(|_| BodyError::Upstream)?;
+        Ok(())
+    }
+}
+
+/// Reads the response header of the request just sent, skipping interim responses other than
+/// `101` (a `100 Continue` was answered by the sidecar itself; `103` hints are dropped).
+pub async fn read_response_header(up: &mut ClientSession) -> pingora_error::Result<u16> {
+    loop {
+        up.read_response().await?;
+        let status = up.get_status().map_or(0, |s| s.as_u16());
+        if (100..200).contains(&status) && status != 101 {
+            continue;
+        }
+        return Ok(status);
+    }
+}
+
+/// How forwarding a response ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forwarded {
+    /// The whole response reached the client.
+    Complete,
+    /// The upstream broke off in the body (or its reads timed out): the client's connection is
+    /// closed so it cannot take a short body for a whole one.
+    UpstreamBroke,
+    /// The client went away.
+    ClientGone,
+}
+
+/// Writes `resp` (the upstream's header, edited by the caller) to the client and streams the
+/// body. A body of unknown length (close-delimited upstream) is sent chunked to an HTTP/1.1
+/// client and close-delimited to an HTTP/1.0 one (RFC 9112 6.3). Each body read waits up to
+/// `idle` for data.
+pub async fn response(
+    down: &mut HttpSession,
+    up: &mut ClientSession,
+    mut resp: ResponseHeader,
+    idle: Duration,
+) -> Forwarded {
+    let bodiless = matches!(resp.status.as_u16(), 100..=199 | 204 | 304)
+        || down.req_header().method == http::Method::HEAD;
+    let http10 = down.req_header().version != http::Version::HTTP_11;
+    if http10 && resp.headers.contains_key(header::TRANSFER_ENCODING) {
+        // An HTTP/1.0 client cannot read chunked framing: the body ends with the connection.
+        resp.remove_header(&header::TRANSFER_ENCODING);
+    }
+    if !bodiless
+        && !http10
+        && !resp.headers.contains_key(header::CONTENT_LENGTH)
+        && !resp.headers.contains_key(header::TRANSFER_ENCODING)
+    {
+        let _ = resp.insert_header(header::TRANSFER_ENCODING, "chunked");
+    }
+    if down.write_response_header(Box::new(resp)).await.is_err() {
+        return Forwarded::ClientGone;
+    }
+    up.read_timeout = Some(idle);
+    loop {
+        match up.read_body_ref().await {
+            Ok(Some(chunk)) => {
+                if down.write_body(chunk).await.is_err() {
+                    return Forwarded::ClientGone;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                tracing::debug!(error = %e, "the upstream broke off its response body");
+                down.set_server_keepalive(None);
+                return Forwarded::UpstreamBroke;
+            }
+        }
+    }
+    match down.finish_body().await {
+        Ok(_) => Forwarded::Complete,
+        Err(_) => Forwarded::ClientGone,
+    }
+}

@@ -1,0 +1,254 @@
+//! HTTP on the sidecar's hops: the `x-mesh-*` names, the request's authority, hop-by-hop
+//! fields, and the request an upstream gets.
+//!
+//! Cost: header names are `HeaderName::from_static` statics, so no name is parsed or allocated
+//! per request. Building the upstream request clones the client's request header once per try
+//! (the client session keeps the original for framing and keep-alive decisions) and removes
+//! fields only when they are present; a `Connection` header that nominates fields is the only
+//! case that allocates beyond the clone.
+
+use std::time::Duration;
+
+use http::header::{self, HeaderName, HeaderValue};
+use pingora_core::protocols::http::authority::{raw_target_authority, RawTargetAuthority};
+use pingora_http::{RequestHeader, ResponseHeader};
+
+/// The remaining time of the caller's deadline, in whole milliseconds, sent to the next hop.
+pub static X_MESH_DEADLINE_MS: HeaderName = HeaderName::from_static("x-mesh-deadline-ms");
+/// How many tries the outbound side made for a response.
+pub static X_MESH_ATTEMPTS: HeaderName = HeaderName::from_static("x-mesh-attempts");
+/// The endpoint that answered.
+pub static X_MESH_UPSTREAM: HeaderName = HeaderName::from_static("x-mesh-upstream");
+/// Set when a hedged try answered.
+pub static X_MESH_HEDGED: HeaderName = HeaderName::from_static("x-mesh-hedged");
+/// Why the sidecar answered itself.
+pub static X_MESH_ERROR: HeaderName = HeaderName::from_static("x-mesh-error");
+/// RFC 9209.
+pub static PROXY_STATUS: HeaderName = HeaderName::from_static("proxy-status");
+/// W3C trace context.
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// The `x-mesh-deadline-ms` value for `left`: formatted straight into the header value's own
+/// buffer (one allocation, not a `String` and then a copy).
+pub fn deadline_value(left: Duration) -> HeaderValue {
+    HeaderValue::from(u64::try_from(left.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Parses `x-mesh-deadline-ms`.
+pub fn caller_deadline(req: &RequestHeader) -> Option<Duration> {
+    let v = req.headers.get(&X_MESH_DEADLINE_MS)?;
+    std::str::from_utf8(v.as_bytes())
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_millis)
+}
+
+/// The host part of the request's authority: the absolute-form target's, else the Host header's.
+pub fn authority_host(req: &RequestHeader) -> Option<&str> {
+    let raw: &[u8] = match req.uri.authority() {
+        Some(a) => a.as_str().as_bytes(),
+        None => match raw_target_authority(req.raw_path()).authority() {
+            Some(a) => a,
+            None => req.headers.get(header::HOST)?.as_bytes(),
+        },
+    };
+    let raw = std::str::from_utf8(raw).ok()?;
+    let host = if let Some(v6) = raw.strip_prefix('[') {
+        v6.split(']').next()?
+    } else {
+        raw.rsplit_once(':').map_or(raw, |(h, _)| h)
+    };
+    (!host.is_empty()).then_some(host)
+}
+
+/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), if well formed.
+pub fn trace_id(req: &RequestHeader) -> &str {
+    req.headers
+        .get(&TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split('-').nth(1))
+        .filter(|id| id.len() == 32)
+        .unwrap_or("")
+}
+
+/// Whether the request has a body to forward: a `Transfer-Encoding`, or a `Content-Length`
+/// other than 0.
+pub fn has_body(req: &RequestHeader) -> bool {
+    req.headers.contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+/// The request's `Content-Length`, when it has a valid one and no `Transfer-Encoding`.
+pub fn content_length(req: &RequestHeader) -> Option<u64> {
+    if req.headers.contains_key(header::TRANSFER_ENCODING) {
+        return None;
+    }
+    std::str::from_utf8(req.headers.get(header::CONTENT_LENGTH)?.as_bytes())
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Hop-by-hop request fields, never forwarded (RFC 9110 7.6.1), and the proxy-only ones.
+static REQUEST_HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    HeaderName::from_static("http2-settings"),
+];
+
+/// Why a request cannot be forwarded as it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadRequest {
+    #[error(
+        "the absolute-form target's authority {target:?} differs from the Host header {host:?}"
+    )]
+    HostMismatch { target: String, host: String },
+    #[error("the request's authority is not a valid Host value")]
+    BadAuthority,
+    #[error("the Connection header nominates the protected field {0:?}")]
+    ProtectedNomination(String),
+}
+
+/// Checks the request's authority once, when it arrives: an absolute-form target whose
+/// authority differs from a Host header sent with it is refused (RFC 9112 3.2.2 lets a proxy
+/// replace Host, but two names for one request is how requests are smuggled past routing).
+pub fn check_authority(req: &RequestHeader) -> Result<(), BadRequest> {
+    if let RawTargetAuthority::Absolute { authority, .. } = raw_target_authority(req.raw_path()) {
+        if let Some(host) = req.headers.get(header::HOST) {
+            if !host.as_bytes().eq_ignore_ascii_case(authority) {
+                return Err(BadRequest::HostMismatch {
+                    target: String::from_utf8_lossy(authority).into_owned(),
+                    host: String::from_utf8_lossy(host.as_bytes()).into_owned(),
+                });
+            }
+        }
+    }
+    let nominated = req
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .find(|t| {
+            t.eq_ignore_ascii_case(b"host")
+                || t.eq_ignore_ascii_case(b"x-forwarded-for")
+                || t.eq_ignore_ascii_case(b"x-forwarded-host")
+                || t.eq_ignore_ascii_case(b"x-forwarded-proto")
+        });
+    if let Some(t) = nominated {
+        return Err(BadRequest::ProtectedNomination(
+            String::from_utf8_lossy(t).into_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// The request as an upstream gets it: origin-form (an absolute-form target's authority
+/// becomes the Host), no hop-by-hop fields (the standard ones and those `Connection`
+/// nominates), HTTP/1.1, and chunked framing for a body of unknown length. The caller adds its
+/// own fields (deadline, trace context) to the copy.
+pub fn upstream_request(req: &RequestHeader) -> Result<RequestHeader, BadRequest> {
+    let mut up = req.clone();
+    let nominated = connection_nominations(&req.headers).any(|t| {
+        std::str::from_utf8(t).is_ok_and(|t| req.headers.contains_key(t) && !is_framing(t))
+    });
+    if nominated {
+        let names: Vec<HeaderName> = connection_nominations(&req.headers)
+            .filter(|t| !is_framing(std::str::from_utf8(t).unwrap_or("")))
+            .filter_map(|t| HeaderName::from_bytes(t).ok())
+            .collect();
+        for n in &names {
+            up.remove_header(n);
+        }
+    }
+    for name in &REQUEST_HOP_BY_HOP {
+        if up.headers.contains_key(name) {
+            up.remove_header(name);
+        }
+    }
+    if let RawTargetAuthority::Absolute { authority, .. } = raw_target_authority(req.raw_path()) {
+        let host = HeaderValue::from_bytes(authority).map_err(|_| BadRequest::BadAuthority)?;
+        up.insert_header(header::HOST, host)
+            .map_err(|_| BadRequest::BadAuthority)?;
+        let origin_form = up.uri.clone();
+        up.set_uri(origin_form);
+    }
+    // A chunked body is forwarded chunked; Transfer-Encoding is ours to frame (the client's
+    // codings other than chunked are not supported by any upstream we front).
+    if up.headers.contains_key(header::TRANSFER_ENCODING) {
+        up.insert_header(header::TRANSFER_ENCODING, "chunked")
+            .map_err(|_| BadRequest::BadAuthority)?;
+        if up.headers.contains_key(header::CONTENT_LENGTH) {
+            up.remove_header(&header::CONTENT_LENGTH);
+        }
+    }
+    up.set_version(http::Version::HTTP_11);
+    Ok(up)
+}
+
+fn is_framing(t: &str) -> bool {
+    t.eq_ignore_ascii_case("content-length") || t.eq_ignore_ascii_case("transfer-encoding")
+}
+
+/// Hop-by-hop response fields a proxy removes whether or not `Connection` names them
+/// (RFC 9110 7.6.1). `Transfer-Encoding` is the session's: it frames the body it writes.
+static RESPONSE_HOP_BY_HOP: [HeaderName; 4] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::UPGRADE,
+];
+
+/// Removes the upstream's hop-by-hop fields from its response before it goes downstream: the
+/// standard ones and those its `Connection` header nominates (RFC 9110 7.6.1). The downstream
+/// session replaces `Connection` itself and frames the body, but forwards every other field as
+/// is. A `101` keeps its fields: the upgrade handshake needs them. Allocates only when the
+/// upstream nominated a field it also sent.
+pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
+    if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
+        return;
+    }
+    for name in &RESPONSE_HOP_BY_HOP {
+        if resp.headers.contains_key(name) {
+            resp.remove_header(name);
+        }
+    }
+    // Looking a borrowed name up does not allocate: most responses end here.
+    let sent = |t: &[u8]| {
+        std::str::from_utf8(t).is_ok_and(|t| !is_framing(t) && resp.headers.contains_key(t))
+    };
+    if !connection_nominations(&resp.headers).any(sent) {
+        return;
+    }
+    let names: Vec<HeaderName> = connection_nominations(&resp.headers)
+        .filter(|t| !is_framing(std::str::from_utf8(t).unwrap_or("")))
+        .filter_map(|t| HeaderName::from_bytes(t).ok())
+        .collect();
+    for name in &names {
+        resp.remove_header(name);
+    }
+}
+
+/// The field names a message's `Connection` header nominates.
+fn connection_nominations(headers: &http::HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,295 @@
+//! One try of an outbound request, and how it ended.
+//!
+//! Every try, first, retried or hedged, goes through here: [`Try::start`] takes the endpoint
+//! the balancer chose (counting it as loaded) and opens the try's span; [`exchange`] connects,
+//! sends the request and reads the response header; [`Ended`] is the one classification of how
+//! it went, and [`Try::finish`] hands it to every consumer at once: the endpoint's breaker, its
+//! latency estimate, the attempt and timeout counters and the try's span. The retry decision
+//! reads the same value ([`Ended::outcome`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use opentelemetry_sdk::trace::Span as SdkSpan;
+use pingora_http::RequestHeader;
+
+use crate::balancer::Chosen;
+use crate::forward::{self, BodyError, ReqBody};
+use crate::reason::Reason;
+use crate::retry::Outcome;
+use crate::routes::ServiceRoute;
+use crate::select::InFlightGuard;
+use crate::trace::{self, ReqTrace};
+use crate::upstream::{Conn, ConnectError, Upstreams};
+use pingora_core::protocols::http::v1::server::HttpSession;
+
+/// How a try ended: classified once, read by everyone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The endpoint answered with this status (its response header was read).
+    Answered(u16),
+    /// No connection could be made: nothing reached the endpoint.
+    ConnectFailed { timed_out: bool },
+    /// The connection broke before the response header arrived.
+    Reset,
+    /// No response header within the try's timeout; `deadline`: that timeout was what was left
+    /// of the request's own deadline.
+    TimedOut { deadline: bool },
+}
+
+impl Ended {
+    /// The retry policy's view.
+    pub fn outcome(self) -> Outcome {
+        match self {
+            Ended::Answered(s) => Outcome::of_status(s),
+            Ended::ConnectFailed { .. } => Outcome::ConnectFailure,
+            Ended::Reset => Outcome::Reset,
+            Ended::TimedOut { .. } => Outcome::Timeout,
+        }
+    }
+
+    /// A failure of the endpoint for its breaker: a 5xx, or no answer at all.
+    pub fn is_failure(self) -> bool {
+        match self {
+            Ended::Answered(s) => s >= 500,
+            _ => true,
+        }
+    }
+
+    /// Why the sidecar answers itself when this was the last try.
+    pub fn reason(self) -> Reason {
+        match self {
+            Ended::Answered(_) | Ended::Reset => Reason::UpstreamReset,
+            Ended::ConnectFailed { .. } => Reason::ConnectFailure,
+            Ended::TimedOut { deadline: true } => Reason::RequestTimeout,
+            Ended::TimedOut { deadline: false } => Reason::PerTryTimeout,
+        }
+    }
+
+    /// Whether any of the request may have reached the app.
+    pub fn reached_app(self) -> bool {
+        !matches!(self, Ended::ConnectFailed { .. })
+    }
+
+    /// The retry counter a retry after this try counts under.
+    pub fn retry_label(self) -> crate::metrics::RetryReason {
+        use crate::metrics::RetryReason;
+        match self {
+            Ended::Answered(_) => RetryReason::Status,
+            Ended::ConnectFailed { .. } => RetryReason::ConnectFailure,
+            Ended::Reset => RetryReason::Reset,
+            Ended::TimedOut { .. } => RetryReason::Timeout,
+        }
+    }
+}
+
+/// A try in flight at one endpoint. The endpoint counts it as loaded until the try is dropped
+/// (for the try that answered, once the response has been forwarded).
+pub struct Try {
+    route: Arc<ServiceRoute>,
+    guard: InFlightGuard,
+    probe: bool,
+    started: Instant,
+    /// The breaker has heard how this try went.
+    reported: bool,
+    /// The try's span, when the request is sampled.
+    span: Option<SdkSpan>,
+}
+
+impl Try {
+    /// Starts try number `n` at the chosen endpoint.
+    pub fn start(
+        route: &Arc<ServiceRoute>,
+        chosen: Chosen,
+        n: u32,
+        now: Instant,
+        traced: Option<(&mesh_trace::Tracing, &mut ReqTrace)>,
+        method: &http::Method,
+    ) -> Try {
+        let span = traced.and_then(|(tracing, t)| {
+            t.start_attempt(
+                tracing,
+                trace::method_name(method),
+                n,
+                chosen.endpoint.addr,
+                chosen.probe,
+            );
+            t.take_attempt()
+        });
+        Try {
+            route: route.clone(),
+            guard: chosen.endpoint.start(),
+            probe: chosen.probe,
+            started: now,
+            reported: false,
+            span,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.guard.endpoint().addr
+    }
+
+    /// `x-mesh-upstream` for a response this try answered.
+    pub fn upstream_header(&self) -> http::HeaderValue {
+        self.guard.endpoint().header.clone()
+    }
+
+    /// The `traceparent` this try sends: its own span's, else the request's (unsampled) one,
+    /// else `None` to forward the caller's as it is.
+    pub fn traceparent(&self, trace: Option<&ReqTrace>) -> Option<http::HeaderValue> {
+        match &self.span {
+            Some(span) => Some(trace::traceparent_of(span)),
+            None => trace.and_then(ReqTrace::outgoing),
+        }
+    }
+
+    /// Reports how the try ended to every consumer. `stale`: the failure was a pooled
+    /// connection the endpoint had closed, which is not the endpoint's fault.
+    pub fn finish(&mut self, ended: Ended, now: Instant) {
+        let route = &self.route;
+        let addr = self.addr();
+        let m = &route.metrics;
+        if !self.reported {
+            route.breaker_result(addr, now, ended.is_failure(), self.probe);
+            self.reported = true;
+        }
+        match ended {
+            Ended::Answered(s) => {
+                self.guard
+                    .endpoint()
+                    .observe_latency(now.saturating_duration_since(self.started), now);
+                m.attempt(if s >= 500 {
+                    crate::metrics::AttemptResult::FailureStatus
+                } else {
+                    crate::metrics::AttemptResult::Success
+                });
+            }
+            Ended::ConnectFailed { timed_out } => {
+                m.attempt(crate::metrics::AttemptResult::ConnectFailure);
+                if timed_out {
+                    m.timeout(crate::metrics::TimeoutKind::Connect);
+                }
+            }
+            Ended::Reset => m.attempt(crate::metrics::AttemptResult::Reset),
+            Ended::TimedOut { deadline } => {
+                m.attempt(crate::metrics::AttemptResult::Timeout);
+                m.timeout(if deadline {
+                    crate::metrics::TimeoutKind::Request
+                } else {
+                    crate::metrics::TimeoutKind::PerTry
+                });
+            }
+        }
+    }
+
+    /// Ends the try's span: `status` when the endpoint answered, `why` when the try failed or
+    /// was given up (`status-503` for a retried status, `hedge-lost`, a reason token).
+    pub fn end_span(&mut self, status: Option<u16>, why: Option<std::borrow::Cow<'static, str>>) {
+        if let Some(span) = self.span.take() {
+            trace::end_span(span, status, why);
+        }
+    }
+}
+
+impl Drop for Try {
+    fn drop(&mut self) {
+        // A probe whose outcome never arrived (given up, lost a hedge, the client left) must
+        // not wedge its endpoint's breaker half-open.
+        if self.probe && !self.reported {
+            self.route
+                .balancer
+                .breakers
+                .on_probe_cancelled(self.addr(), Instant::now());
+        }
+        if let Some(span) = self.span.take() {
+            trace::end_span(span, None, Some("cancelled".into()));
+        }
+    }
+}
+
+/// How an exchange failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failed {
+    /// The try failed: report it and maybe retry.
+    Try(Ended),
+    /// The client went away or sent a broken body: nothing to answer.
+    Client,
+}
+
+/// One exchange with `addr`: a connection (pooled or new), the request header from `request`,
+/// the body, and the response header. A pooled connection that turns out closed before any
+/// response byte arrived is replaced once by a new one when the request can be sent again.
+/// The caller bounds the whole exchange by the try's timeout.
+pub async fn exchange(
+    upstreams: &Upstreams,
+    addr: SocketAddr,
+    connect_timeout: Duration,
+    request: &(dyn Fn() -> RequestHeader + Sync),
+    idempotent: bool,
+    down: Option<&mut HttpSession>,
+    body: &mut ReqBody,
+) -> Result<Conn, Failed> {
+    let mut down = down;
+    let mut conn = upstreams
+        .get(addr, connect_timeout, !idempotent)
+        .await
+        .map_err(connect_failed)?;
+    loop {
+        let sent = send(&mut conn, request(), down.as_deref_mut(), body).await;
+        match sent {
+            Ok(()) => return Ok(conn),
+            // Nothing reached an app through a connection whose first write failed; a request
+            // written to a connection that then turned out closed may be sent again when it is
+            // idempotent (RFC 9110 9.2.2).
+            Err((Failed::Try(Ended::Reset), wrote))
+                if conn.reused && body.replayable() && (idempotent || !wrote) =>
+            {
+                // The endpoint closed the idle connection: once more on a new one.
+                tracing::debug!(%addr, "pooled connection was closed; retrying on a new one");
+                conn = upstreams
+                    .fresh(addr, connect_timeout)
+                    .await
+                    .map_err(connect_failed)?;
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
+fn connect_failed(e: ConnectError) -> Failed {
+    Failed::Try(Ended::ConnectFailed {
+        timed_out: e == ConnectError::TimedOut,
+    })
+}
+
+/// Sends the request and reads the response header; on failure, says whether the request
+/// header had been written.
+async fn send(
+    conn: &mut Conn,
+    req: RequestHeader,
+    down: Option<&mut HttpSession>,
+    body: &mut ReqBody,
+) -> Result<(), (Failed, bool)> {
+    const RESET: Failed = Failed::Try(Ended::Reset);
+    let up = &mut conn.session;
+    up.write_request_header(Box::new(req))
+        .await
+        .map_err(|_| (RESET, false))?;
+    if let Some(down) = down {
+        body.send(down, up).await.map_err(|e| match e {
+            BodyError::Client => (Failed::Client, true),
+            BodyError::Upstream => (RESET, true),
+        })?;
+    } else {
+        up.finish_body().await.map_err(|_| (RESET, true))?;
+    }
+    match forward::read_response_header(up).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::debug!(error = %e, "reading the response header");
+            Err((RESET, true))
+        }
+    }
+}

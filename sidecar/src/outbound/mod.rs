@@ -1,0 +1,597 @@
+//! The outbound listener: the local app's calls to other services.
+//!
+//! One request, in order: route it by its authority to a service of the active table (unknown
+//! services and a missing table are answered at once); start its deadline (the route's
+//! `request_ms`, cut to what is left of the caller's); take a concurrency slot; then the
+//! attempt loop: back off before a retry, pick an endpoint the request has not tried and
+//! whose breaker admits it, run one [`attempt::exchange`] under the try's timeout, classify how
+//! it ended ([`attempt::Ended`]) and report that once ([`attempt::Try::finish`]); retry when
+//! the policy grants it, else forward the response or answer with the reason. Hedged requests
+//! run the same tries two at a time ([`hedge`]).
+//!
+//! Hot-path cost beyond pingora-core's sessions: one clone of the request header per try, one
+//! timer per try, the `x-mesh-*` fields (static names), atomics for metrics and load. Nothing
+//! is allocated for a request that is not retried, traced or answered by the sidecar.
+
+pub mod attempt;
+pub mod hedge;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pingora_core::protocols::http::v1::server::HttpSession;
+use pingora_http::{RequestHeader, ResponseHeader};
+use rand::Rng;
+
+use crate::balancer::with_rng;
+use crate::conn::Handler;
+use crate::forward::{self, Forwarded, ReqBody};
+use crate::http::{self as h, X_MESH_ATTEMPTS, X_MESH_DEADLINE_MS, X_MESH_UPSTREAM};
+use crate::limits::Permit;
+use crate::metrics::{RouteMetrics, TimeoutKind};
+use crate::reason::{self, Reason};
+use crate::retry::{
+    backoff, decide, is_idempotent, parse_retry_after, retry_delay, Attempt, Refusal,
+};
+use crate::routes::{Mesh, ServiceRoute};
+use crate::trace::{self, ReqTrace};
+use crate::upstream::Upstreams;
+use attempt::{Ended, Failed, Try};
+
+pub struct Outbound {
+    pub mesh: Arc<Mesh>,
+    upstreams: Arc<Upstreams>,
+    /// Metrics of requests that named no known service.
+    unrouted: RouteMetrics,
+    access_log: bool,
+    /// Traces; `None` when off.
+    tracing: trace::Shared,
+}
+
+/// What one request did, for its metrics, span and access-log line.
+struct Ctx {
+    started: Instant,
+    route: Option<Arc<ServiceRoute>>,
+    attempts: u32,
+    /// The try whose response went downstream (kept until the response is done, so its
+    /// endpoint counts as loaded), or the last one that failed.
+    endpoint: Option<SocketAddr>,
+    /// The reason of a response the sidecar made itself.
+    answered: Option<Reason>,
+    trace: Option<ReqTrace>,
+}
+
+impl Handler for Outbound {
+    async fn serve(&self, s: &mut HttpSession) {
+        let mut cx = Ctx {
+            started: Instant::now(),
+            route: None,
+            attempts: 0,
+            endpoint: None,
+            answered: None,
+            trace: None,
+        };
+        self.proxy(s, &mut cx).await;
+        self.done(s, &mut cx);
+    }
+
+    fn bad_request(&self) -> (&'static str, &str) {
+        ("outbound", &self.mesh.service)
+    }
+}
+
+/// The upstream copy of the request: origin-form, no hop-by-hop fields, the deadline left,
+/// the try's `traceparent`.
+fn upstream_copy(
+    base: &RequestHeader,
+    deadline: Instant,
+    traceparent: Option<http::HeaderValue>,
+) -> RequestHeader {
+    let mut r = base.clone();
+    let left = deadline.saturating_duration_since(Instant::now());
+    let _ = r.insert_header(X_MESH_DEADLINE_MS.clone(), h::deadline_value(left));
+    if let Some(tp) = traceparent {
+        let _ = r.insert_header(h::TRACEPARENT.clone(), tp);
+    }
+    r
+}
+
+impl Outbound {
+    pub fn new(
+        mesh: Arc<Mesh>,
+        upstreams: Arc<Upstreams>,
+        access_log: bool,
+        tracing: trace::Shared,
+    ) -> Self {
+        let unrouted = mesh.metrics.route("outbound", &mesh.service, "_unknown");
+        Outbound {
+            mesh,
+            upstreams,
+            unrouted,
+            access_log,
+            tracing,
+        }
+    }
+
+    async fn answer(&self, s: &mut HttpSession, cx: &mut Ctx, reason: Reason, detail: &str) {
+        cx.answered = Some(reason);
+        reason::answer(
+            s,
+            reason,
+            "outbound",
+            &self.mesh.service,
+            detail,
+            cx.attempts,
+        )
+        .await;
+    }
+
+    async fn proxy(&self, s: &mut HttpSession, cx: &mut Ctx) {
+        if let Some(tracing) = &self.tracing {
+            let req = s.req_header();
+            cx.trace = Some(ReqTrace::start(
+                tracing,
+                req,
+                opentelemetry::trace::SpanKind::Client,
+                || {
+                    let mut a = trace::request_attrs(req, &self.mesh.service, "outbound");
+                    if let Some(host) = h::authority_host(req) {
+                        a.push(opentelemetry::KeyValue::new(
+                            "server.address",
+                            host.to_owned(),
+                        ));
+                    }
+                    a
+                },
+            ));
+        }
+        let Some(routes) = self.mesh.routes() else {
+            return self
+                .answer(s, cx, Reason::NoTable, "no routing table loaded yet")
+                .await;
+        };
+        if let Err(e) = h::check_authority(s.req_header()) {
+            return self.answer(s, cx, Reason::BadRequest, &e.to_string()).await;
+        }
+        let Some(host) = h::authority_host(s.req_header()) else {
+            let detail = "the request names no service: send a Host header or an absolute URI";
+            return self.answer(s, cx, Reason::BadRequest, detail).await;
+        };
+        let Some(route) = routes.lookup(host).cloned() else {
+            let detail = format!(
+                "no service {host:?} in routing table version {} (known: {})",
+                routes.table.version,
+                routes.names()
+            );
+            return self.answer(s, cx, Reason::UnknownService, &detail).await;
+        };
+        cx.route = Some(route.clone());
+        let now = Instant::now();
+        // The whole request, every try and backoff included, fits in the route's timeout and
+        // in what is left of the caller's own deadline.
+        let mut budget = route.policy.timeouts.request();
+        if let Some(left) = h::caller_deadline(s.req_header()) {
+            if left.is_zero() {
+                route.metrics.timeout(TimeoutKind::Deadline);
+                let detail = format!(
+                    "the caller's deadline for service {} has already passed",
+                    route.name
+                );
+                return self.answer(s, cx, Reason::DeadlineExceeded, &detail).await;
+            }
+            budget = budget.min(left);
+        }
+        let deadline = now + budget;
+        let _permit: Permit = match route.limit.acquire(budget).await {
+            Ok(p) => p,
+            Err(overflow) => {
+                route.metrics.overflows.inc();
+                return self
+                    .answer(s, cx, Reason::Overflow, &overflow.to_string())
+                    .await;
+            }
+        };
+        route.budget.on_request(now);
+        let base = match h::upstream_request(s.req_header()) {
+            Ok(mut r) => {
+                if r.headers.contains_key(http::header::EXPECT) {
+                    // Answered here (see `forward::ReqBody`).
+                    r.remove_header(&http::header::EXPECT);
+                }
+                r
+            }
+            Err(e) => return self.answer(s, cx, Reason::BadRequest, &e.to_string()).await,
+        };
+        if let Some(after) = hedge::wants_hedge(&route, s.req_header()) {
+            // Boxed: most requests are not hedged, and the hedging future is large.
+            return Box::pin(self.hedged(s, cx, &route, &base, deadline, after)).await;
+        }
+        self.tries(s, cx, &route, &base, deadline).await;
+    }
+
+    /// The attempt loop.
+    async fn tries(
+        &self,
+        s: &mut HttpSession,
+        cx: &mut Ctx,
+        route: &Arc<ServiceRoute>,
+        base: &RequestHeader,
+        deadline: Instant,
+    ) {
+        let policy = &route.policy;
+        let idempotent = is_idempotent(s.req_header().method.as_str());
+        let mut body = ReqBody::of(s, Some(policy.retries.max_body_bytes));
+        // Endpoints that failed this request; allocated only when a try fails.
+        let mut failed: Vec<SocketAddr> = Vec::new();
+        let mut retry_after: Option<Duration> = None;
+        let mut refusal: Option<Refusal> = None;
+        let mut last = Ended::Reset;
+        loop {
+            cx.attempts += 1;
+            if cx.attempts > 1 {
+                // Back off before a retry: exponential with full jitter, or the endpoint's
+                // Retry-After, never past the deadline.
+                let [base_ms, cap_ms] = policy.retries.backoff_ms;
+                let jitter = with_rng(|r| r.random::<f64>());
+                let cap = Duration::from_millis(cap_ms);
+                let jittered =
+                    backoff(cx.attempts - 1, Duration::from_millis(base_ms), cap, jitter);
+                let delay = retry_delay(retry_after.take(), jittered, cap).unwrap_or(cap);
+                let left = deadline.saturating_duration_since(Instant::now());
+                tokio::time::sleep(delay.min(left)).await;
+            }
+            let now = Instant::now();
+            let remaining = deadline.saturating_duration_since(now);
+            if remaining.is_zero() {
+                let detail = format!(
+                    "service {}: the request timeout passed after {} attempt(s)",
+                    route.name,
+                    cx.attempts - 1
+                );
+                cx.attempts -= 1;
+                return self.answer(s, cx, Reason::RequestTimeout, &detail).await;
+            }
+            let key = policy
+                .hash_header
+                .as_deref()
+                .and_then(|name| s.req_header().headers.get(name))
+                .map(|v| v.as_bytes());
+            let Some(chosen) =
+                route
+                    .balancer
+                    .pick(key, &failed, now, policy.panic_threshold_percent)
+            else {
+                cx.attempts -= 1;
+                let (reason, detail) = if route.balancer.set().is_empty() {
+                    (
+                        Reason::NoHealthyEndpoint,
+                        format!("service {} has no endpoints", route.name),
+                    )
+                } else if cx.attempts > 0 {
+                    (
+                        last.reason(),
+                        failure_detail(route, last, cx.attempts, refusal),
+                    )
+                } else {
+                    (
+                        Reason::BreakerOpen,
+                        format!(
+                            "every endpoint of service {} is ejected by its breaker",
+                            route.name
+                        ),
+                    )
+                };
+                return self.answer(s, cx, reason, &detail).await;
+            };
+            let traced = self.tracing.as_deref().zip(cx.trace.as_mut());
+            let mut t = Try::start(
+                route,
+                chosen,
+                cx.attempts,
+                now,
+                traced,
+                &s.req_header().method,
+            );
+            let addr = t.addr();
+            cx.endpoint = Some(addr);
+            let try_timeout = policy
+                .timeouts
+                .per_try()
+                .map_or(remaining, |p| p.min(remaining));
+            let try_is_deadline = policy.timeouts.per_try().is_none_or(|p| p >= remaining);
+            let traceparent = t.traceparent(cx.trace.as_ref());
+            let request = || upstream_copy(base, deadline, traceparent.clone());
+            let connect = policy.timeouts.connect().min(remaining);
+            let exchanged = tokio::time::timeout(
+                try_timeout,
+                attempt::exchange(
+                    &self.upstreams,
+                    addr,
+                    connect,
+                    &request,
+                    idempotent,
+                    Some(&mut *s),
+                    &mut body,
+                ),
+            )
+            .await
+            .unwrap_or(Err(Failed::Try(Ended::TimedOut {
+                deadline: try_is_deadline,
+            })));
+            let now = Instant::now();
+            let (ended, conn) = match exchanged {
+                Ok(conn) => {
+                    let status = conn.session.get_status().map_or(0, |s| s.as_u16());
+                    (Ended::Answered(status), Some(conn))
+                }
+                Err(Failed::Client) => {
+                    // The client left or sent a broken body: nobody to answer.
+                    t.end_span(None, Some("client-gone".into()));
+                    s.set_server_keepalive(None);
+                    return;
+                }
+                Err(Failed::Try(ended)) => (ended, None),
+            };
+            t.finish(ended, now);
+            last = ended;
+            let may_retry = match (ended, &conn) {
+                (Ended::Answered(status), Some(conn)) => {
+                    if status < 500 || !policy.retries.retries_status(status) {
+                        false
+                    } else {
+                        // A retriable status: retry now, while nothing has gone downstream, or
+                        // pass the response on as it is.
+                        let after =
+                            conn.session
+                                .get_header(http::header::RETRY_AFTER)
+                                .and_then(|v| {
+                                    parse_retry_after(v.as_bytes(), std::time::SystemTime::now())
+                                });
+                        let cap = Duration::from_millis(policy.retries.backoff_ms[1]);
+                        if after.is_some_and(|d| d > cap) {
+                            route.count_refusal(Refusal::NotRetriable);
+                            false
+                        } else {
+                            retry_after = after;
+                            self.may_retry(
+                                route,
+                                cx,
+                                ended,
+                                idempotent,
+                                &body,
+                                deadline,
+                                now,
+                                &mut refusal,
+                            )
+                        }
+                    }
+                }
+                _ => self.may_retry(
+                    route,
+                    cx,
+                    ended,
+                    idempotent,
+                    &body,
+                    deadline,
+                    now,
+                    &mut refusal,
+                ),
+            };
+            if may_retry {
+                t.end_span(
+                    match ended {
+                        Ended::Answered(s) => Some(s),
+                        _ => None,
+                    },
+                    Some(match ended {
+                        Ended::Answered(s) => format!("status-{s}").into(),
+                        e => e.reason().token().into(),
+                    }),
+                );
+                failed.push(addr);
+                continue;
+            }
+            let Some(mut conn) = conn else {
+                t.end_span(None, Some(ended.reason().token().into()));
+                let detail = failure_detail(route, ended, cx.attempts, refusal);
+                return self.answer(s, cx, ended.reason(), &detail).await;
+            };
+            let status = conn.session.get_status().map_or(0, |s| s.as_u16());
+            t.end_span(Some(status), None);
+            let resp = self.response_header(&conn.session, cx.attempts, t.upstream_header(), false);
+            let idle = policy.timeouts.per_try().unwrap_or(remaining);
+            let forwarded = forward::response(s, &mut conn.session, resp, idle).await;
+            if forwarded == Forwarded::Complete {
+                self.upstreams.put(addr, conn.session).await;
+            }
+            drop(t);
+            return;
+        }
+    }
+
+    /// The upstream's response header as the client gets it.
+    fn response_header(
+        &self,
+        up: &pingora_core::protocols::http::v1::client::HttpSession,
+        attempts: u32,
+        upstream: http::HeaderValue,
+        hedged: bool,
+    ) -> ResponseHeader {
+        let mut resp = up
+            .resp_header()
+            .expect("a response header was read")
+            .clone();
+        h::strip_response_hop_by_hop(&mut resp);
+        // Which try answered and where: cached header values, no formatting per response.
+        let _ = resp.insert_header(X_MESH_ATTEMPTS.clone(), reason::attempts_value(attempts));
+        let _ = resp.insert_header(X_MESH_UPSTREAM.clone(), upstream);
+        if hedged {
+            let _ = resp.insert_header(h::X_MESH_HEDGED.clone(), "1");
+        }
+        resp
+    }
+
+    /// Asks the retry policy whether a failed try may be retried, counting the retry or the
+    /// refusal.
+    #[allow(clippy::too_many_arguments)]
+    fn may_retry(
+        &self,
+        route: &ServiceRoute,
+        cx: &Ctx,
+        ended: Ended,
+        idempotent: bool,
+        body: &ReqBody,
+        deadline: Instant,
+        now: Instant,
+        refusal: &mut Option<Refusal>,
+    ) -> bool {
+        let reached = ended.reached_app();
+        let attempt = Attempt {
+            attempts_made: cx.attempts,
+            max_attempts: route.policy.retries.attempts,
+            outcome: ended.outcome(),
+            idempotent,
+            request_reached_app: reached,
+            body_replayable: body.replayable(),
+            time_left: deadline.saturating_duration_since(now),
+            retries: &route.policy.retries,
+        };
+        match decide(&attempt, &route.budget, now) {
+            Ok(()) => {
+                route.metrics.retry(ended.retry_label());
+                true
+            }
+            Err(r) => {
+                *refusal = Some(r);
+                route.count_refusal(r);
+                false
+            }
+        }
+    }
+
+    /// Hedged requests (see [`hedge`]).
+    async fn hedged(
+        &self,
+        s: &mut HttpSession,
+        cx: &mut Ctx,
+        route: &Arc<ServiceRoute>,
+        base: &RequestHeader,
+        deadline: Instant,
+        after: Duration,
+    ) {
+        let traced = self.tracing.as_deref().zip(cx.trace.as_mut());
+        let won = hedge::race(&self.upstreams, s, route, base, deadline, after, traced).await;
+        match won {
+            Ok(w) => {
+                cx.attempts = w.attempts;
+                cx.endpoint = Some(w.winner.addr());
+                let mut conn = w.conn;
+                let resp = self.response_header(
+                    &conn.session,
+                    w.attempts,
+                    w.winner.upstream_header(),
+                    w.attempts > 1,
+                );
+                let idle = route
+                    .policy
+                    .timeouts
+                    .per_try()
+                    .unwrap_or(deadline.saturating_duration_since(Instant::now()));
+                let forwarded = forward::response(s, &mut conn.session, resp, idle).await;
+                if forwarded == Forwarded::Complete {
+                    self.upstreams.put(w.winner.addr(), conn.session).await;
+                }
+            }
+            Err(f) => {
+                cx.attempts = f.attempts;
+                self.answer(s, cx, f.reason, &f.detail).await;
+            }
+        }
+    }
+
+    /// The request is over: its metrics, span and access-log line.
+    fn done(&self, s: &HttpSession, cx: &mut Ctx) {
+        let status = s.response_written().map(|r| r.status.as_u16());
+        let m = cx.route.as_ref().map_or(&self.unrouted, |r| &r.metrics);
+        let elapsed = cx.started.elapsed();
+        m.request(status, elapsed.as_secs_f64());
+        if let Some(reason) = cx.answered {
+            m.error(reason.token());
+        }
+        if let Some(t) = cx.trace.as_mut() {
+            let (route, attempts) = (&cx.route, cx.attempts);
+            t.end(status, cx.answered.map(Reason::token), || {
+                let mut a = vec![opentelemetry::KeyValue::new(
+                    "mesh.attempts",
+                    i64::from(attempts),
+                )];
+                if let Some(r) = route {
+                    a.push(opentelemetry::KeyValue::new(
+                        "mesh.upstream",
+                        r.name.clone(),
+                    ));
+                }
+                a
+            });
+        }
+        if self.access_log {
+            let req = s.req_header();
+            let mut hex = [0u8; 32];
+            tracing::info!(
+                target: "access",
+                trace_id = log_trace_id(cx.trace.as_ref(), req, &mut hex),
+                direction = "outbound",
+                service = %self.mesh.service,
+                upstream = cx.route.as_ref().map_or("", |r| r.name.as_str()),
+                endpoint = %cx.endpoint.map(|a| a.to_string()).unwrap_or_default(),
+                method = %req.method,
+                status = status.unwrap_or(0),
+                attempts = cx.attempts,
+                reason = cx.answered.map_or("", |r| r.token()),
+                duration_ms = elapsed.as_secs_f64() * 1e3,
+            );
+        }
+    }
+}
+
+/// The detail of a request that failed at its last try.
+fn failure_detail(
+    route: &ServiceRoute,
+    ended: Ended,
+    attempts: u32,
+    refusal: Option<Refusal>,
+) -> String {
+    let refused = refusal
+        .map(|r| format!("; not retried: {}", r.as_str()))
+        .unwrap_or_default();
+    let what = match ended {
+        Ended::ConnectFailed { timed_out: true } => "no endpoint accepted a connection in time",
+        Ended::ConnectFailed { .. } => "no endpoint accepted a connection",
+        Ended::TimedOut { deadline: false } => {
+            "the endpoint did not answer within the per-try timeout"
+        }
+        Ended::TimedOut { deadline: true } => "the request timeout passed",
+        _ => "the endpoint closed the connection",
+    };
+    format!(
+        "service {}: {what} after {attempts} attempt(s){refused}",
+        route.name
+    )
+}
+
+/// The trace id for the access log: the request's trace when tracing is on (a trace the hop
+/// started itself included), else the caller's `traceparent`'s. `buf` holds the hex.
+pub fn log_trace_id<'a>(
+    trace: Option<&ReqTrace>,
+    req: &'a RequestHeader,
+    buf: &'a mut [u8; 32],
+) -> &'a str {
+    match trace {
+        Some(t) => {
+            *buf = trace::trace_id_hex(&t.trace_id);
+            std::str::from_utf8(buf).unwrap_or("")
+        }
+        None => h::trace_id(req),
+    }
+}
