@@ -13,8 +13,9 @@
 //!   last fetch;
 //! - `outbound` / `inbound`: the two Pingora `ProxyHttp` implementations (wiring only);
 //! - `reason`: the errors the sidecar answers itself, each with its `x-mesh-error` reason;
-//! - `retry`, `breaker`, `limits`, `select`: the policies, pure state machines: retry decision,
-//!   backoff and budget; per-endpoint ejection; concurrency limits; endpoint selection;
+//! - `breaker`, `limits`, `select`: the policies, pure state machines: per-endpoint ejection;
+//!   concurrency limits; endpoint selection; the retry decision, backoff and budget are in
+//!   `mesh_policy::retry`;
 //! - `health`: active health checks;
 //! - `hedge`: hedged requests, served with Pingora's connector outside the proxy loop;
 //! - `metrics`: the Prometheus families, resolved per route so the hot path only touches atomics;
@@ -34,8 +35,11 @@ pub mod metrics;
 pub mod outbound;
 pub mod ports;
 pub mod reason;
-pub mod retry;
 pub mod routes;
 pub mod select;
 pub mod source;
 pub mod trace;
+
+// `crate::retry` stays a name for `mesh_policy::retry` while `hedge.rs` (being rewritten on
+// another branch) still spells the path out; drop this once that file imports mesh_policy.
+use mesh_policy::retry;

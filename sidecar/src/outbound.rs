@@ -32,12 +32,12 @@ use crate::hedge;
 use crate::limits::Permit;
 use crate::metrics::RouteMetrics;
 use crate::reason::{self, Reason};
-use crate::retry::{
-    backoff, decide, is_idempotent, parse_retry_after, retry_delay, Attempt, Outcome, Refusal,
-};
 use crate::routes::{Mesh, ServiceRoute};
 use crate::select::InFlightGuard;
 use crate::trace::{self, ReqTrace};
+use mesh_policy::retry::{
+    backoff, decide, is_idempotent, parse_retry_after, retry_delay, Attempt, Outcome, Refusal,
+};
 
 /// How long an idle upstream connection stays in the pool.
 const UPSTREAM_IDLE: Duration = Duration::from_secs(60);

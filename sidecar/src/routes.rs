@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::balancer::Balancer;
 use crate::limits::ConcurrencyLimit;
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::retry::{Refusal, RetryBudget};
+use mesh_policy::retry::{Refusal, RetryBudget};
 use pingora_load_balancing::health_check::HealthCheck;
 
 /// One service's policy and the state that enforces it.
