@@ -12,6 +12,9 @@
 //! Layout:
 //! - [`retry`]: the classification of an attempt ([`retry::Outcome`]), the retry decision
 //!   ([`retry::decide`]), backoff with full jitter, `Retry-After` parsing, the per-service retry
-//!   budget and the idempotent methods.
+//!   budget and the idempotent methods;
+//! - [`breaker`]: per-endpoint outlier detection, one small state machine per endpoint (closed,
+//!   open, half-open) and the set-level `max_ejected_percent` bound.
 
+pub mod breaker;
 pub mod retry;

@@ -18,8 +18,8 @@ use rand::SeedableRng;
 use mesh_table::{Endpoints, Lb};
 use serde::Serialize;
 
-use crate::breaker::{Admission, BreakerConfig, Breakers};
 use crate::select::{Algorithm, Endpoint, EndpointSet};
+use mesh_policy::breaker::{Admission, BreakerConfig, Breakers};
 
 /// Resolves a service's endpoints; remembers the last resolution error for `/endpoints`.
 pub struct MeshDiscovery {

@@ -13,9 +13,9 @@
 //!   last fetch;
 //! - `outbound` / `inbound`: the two Pingora `ProxyHttp` implementations (wiring only);
 //! - `reason`: the errors the sidecar answers itself, each with its `x-mesh-error` reason;
-//! - `breaker`, `limits`, `select`: the policies, pure state machines: per-endpoint ejection;
-//!   concurrency limits; endpoint selection; the retry decision, backoff and budget are in
-//!   `mesh_policy::retry`;
+//! - `limits`, `select`: concurrency limits; endpoint selection; the other policies (the retry
+//!   decision, backoff and budget; per-endpoint ejection) are pure state machines in
+//!   `mesh_policy` (`retry`, `breaker`);
 //! - `health`: active health checks;
 //! - `hedge`: hedged requests, served with Pingora's connector outside the proxy loop;
 //! - `metrics`: the Prometheus families, resolved per route so the hot path only touches atomics;
@@ -25,7 +25,6 @@
 
 pub mod admin;
 pub mod balancer;
-pub mod breaker;
 pub mod config;
 pub mod health;
 pub mod hedge;

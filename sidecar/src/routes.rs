@@ -45,7 +45,7 @@ impl ServiceRoute {
         probe: bool,
     ) {
         if let Some(t) = self.balancer.breakers.on_result(addr, now, failure, probe) {
-            if !matches!(t, crate::breaker::Transition::Closed) {
+            if !matches!(t, mesh_policy::breaker::Transition::Closed) {
                 self.metrics.ejections.inc();
             }
         }
