@@ -14,7 +14,11 @@
 //!   ([`retry::decide`]), backoff with full jitter, `Retry-After` parsing, the per-service retry
 //!   budget and the idempotent methods;
 //! - [`breaker`]: per-endpoint outlier detection, one small state machine per endpoint (closed,
-//!   open, half-open) and the set-level `max_ejected_percent` bound.
+//!   open, half-open) and the set-level `max_ejected_percent` bound;
+//! - [`select`]: one service's endpoints with their load (requests in flight, peak-EWMA
+//!   latency, active health) and the balancing algorithms: round robin, random, ring hash, P2C
+//!   on requests in flight and P2C on peak-EWMA load.
 
 pub mod breaker;
 pub mod retry;
+pub mod select;

@@ -8,14 +8,15 @@
 //! Layout:
 //! - `config`: command-line flags and environment variables;
 //! - `routes`: the active routing table compiled for serving, swapped atomically as a whole;
-//! - `balancer`: endpoint discovery (static lists, DNS) and selection per service;
+//! - `balancer`: endpoint discovery (static lists, DNS) and selection per service, on
+//!   `mesh_policy::select`;
 //! - `source`: where tables come from (control-plane poller, or a file) and the status of the
 //!   last fetch;
 //! - `outbound` / `inbound`: the two Pingora `ProxyHttp` implementations (wiring only);
 //! - `reason`: the errors the sidecar answers itself, each with its `x-mesh-error` reason;
-//! - `limits`, `select`: concurrency limits; endpoint selection; the other policies (the retry
-//!   decision, backoff and budget; per-endpoint ejection) are pure state machines in
-//!   `mesh_policy` (`retry`, `breaker`);
+//! - `limits`: the per-service concurrency limit, which waits for a slot on tokio's semaphore;
+//!   the other policies are pure state machines in `mesh_policy`: `retry` (decision, backoff,
+//!   budget), `breaker` (per-endpoint ejection), `select` (endpoint selection);
 //! - `health`: active health checks;
 //! - `hedge`: hedged requests, served with Pingora's connector outside the proxy loop;
 //! - `metrics`: the Prometheus families, resolved per route so the hot path only touches atomics;
@@ -35,7 +36,6 @@ pub mod outbound;
 pub mod ports;
 pub mod reason;
 pub mod routes;
-pub mod select;
 pub mod source;
 pub mod trace;
 

@@ -28,12 +28,12 @@ use pingora_proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use rand::Rng;
 
 use crate::balancer::with_rng;
+use crate::balancer::InFlightGuard;
 use crate::hedge;
 use crate::limits::Permit;
 use crate::metrics::RouteMetrics;
 use crate::reason::{self, Reason};
 use crate::routes::{Mesh, ServiceRoute};
-use crate::select::InFlightGuard;
 use crate::trace::{self, ReqTrace};
 use mesh_policy::retry::{
     backoff, decide, is_idempotent, parse_retry_after, retry_delay, Attempt, Outcome, Refusal,
