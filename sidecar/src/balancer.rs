@@ -2,24 +2,28 @@
 //!
 //! [`MeshDiscovery`] turns the table's `endpoints` (a static list, or `dns:HOST:PORT` for a
 //! headless Kubernetes Service) into addresses. [`Balancer`] keeps the resulting
-//! [`EndpointSet`] (the selection algorithms of `select`) and the per-endpoint [`Breakers`]: an
-//! endpoint is a candidate for an attempt when this request has not tried it yet, its active
-//! health checks pass and its breaker has not ejected it. A new endpoint list keeps the state
-//! (in-flight counts, latency estimates, breakers) of the endpoints that stay.
+//! [`EndpointSet`] (the selection algorithms of `mesh_policy::select`) and the per-endpoint
+//! [`Breakers`]: an endpoint is a candidate for an attempt when this request has not tried it
+//! yet, its active health checks pass and its breaker has not ejected it. A new endpoint list
+//! keeps the state (in-flight counts, latency estimates, breakers) of the endpoints that stay.
+//! A pick hands out an [`Upstream`]: the policy's endpoint plus what the proxy adds to it, its
+//! address as a header value.
 
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
+use http::HeaderValue;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
 use mesh_table::{Endpoints, Lb};
 use serde::Serialize;
 
-use crate::breaker::{Admission, BreakerConfig, Breakers};
-use crate::select::{Algorithm, Endpoint, EndpointSet};
+use mesh_policy::breaker::{Admission, BreakerConfig, Breakers};
+use mesh_policy::select::{self, Algorithm, Endpoint, EndpointSet};
 
 /// Resolves a service's endpoints; remembers the last resolution error for `/endpoints`.
 pub struct MeshDiscovery {
@@ -103,7 +107,7 @@ impl MeshDiscovery {
 pub struct Balancer {
     discovery: MeshDiscovery,
     algorithm: Algorithm,
-    set: ArcSwap<EndpointSet>,
+    pool: ArcSwap<Pool>,
     pub breakers: Breakers,
     dynamic: bool,
     /// Held by the refresh in progress: discovery and the set rebuild must not interleave.
@@ -112,9 +116,91 @@ pub struct Balancer {
 
 /// What a pick chose for one attempt.
 pub struct Chosen {
-    pub endpoint: Arc<Endpoint>,
+    pub endpoint: Upstream,
     /// This attempt is the half-open breaker's single probe.
     pub probe: bool,
+}
+
+/// An endpoint as the proxy sends to it: the policy's [`Endpoint`] (address, load, health) and
+/// its address as the `x-mesh-upstream` value, made once per endpoint, so answering a request
+/// clones a reference count instead of formatting. Derefs to the [`Endpoint`].
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    endpoint: Arc<Endpoint>,
+    pub header: HeaderValue,
+}
+
+impl Upstream {
+    /// Counts a request in flight to this endpoint until the returned guard is dropped. Keep the
+    /// guard in the request's context for the whole attempt.
+    #[must_use = "the request counts as in flight only while the guard lives"]
+    pub fn start(&self) -> InFlightGuard {
+        InFlightGuard {
+            _in_flight: self.endpoint.start(),
+            upstream: self.clone(),
+        }
+    }
+}
+
+impl Deref for Upstream {
+    type Target = Endpoint;
+
+    fn deref(&self) -> &Endpoint {
+        &self.endpoint
+    }
+}
+
+/// One request in flight to an [`Upstream`]; dropping it ends the count.
+#[derive(Debug)]
+pub struct InFlightGuard {
+    upstream: Upstream,
+    _in_flight: select::InFlightGuard,
+}
+
+impl InFlightGuard {
+    pub fn endpoint(&self) -> &Upstream {
+        &self.upstream
+    }
+}
+
+/// The endpoint set of one service and, index for index, each endpoint's address as a header
+/// value; swapped as one, so the two always match.
+struct Pool {
+    set: Arc<EndpointSet>,
+    headers: Vec<HeaderValue>,
+}
+
+impl Pool {
+    fn new(set: EndpointSet) -> Self {
+        let headers = set
+            .endpoints()
+            .iter()
+            .map(|e| header_value(e.addr))
+            .collect();
+        Pool {
+            set: Arc::new(set),
+            headers,
+        }
+    }
+
+    /// `endpoint`, which this pool's set picked, with its header value.
+    fn upstream(&self, endpoint: Arc<Endpoint>) -> Upstream {
+        // The set's endpoints are sorted by address and `headers` follows them.
+        let found = self
+            .set
+            .endpoints()
+            .binary_search_by(|e| e.addr.cmp(&endpoint.addr));
+        let header = match found {
+            Ok(i) => self.headers[i].clone(),
+            // Not reached: the endpoint came from this set. Formatting is still correct.
+            Err(_) => header_value(endpoint.addr),
+        };
+        Upstream { endpoint, header }
+    }
+}
+
+fn header_value(addr: SocketAddr) -> HeaderValue {
+    HeaderValue::from_str(&addr.to_string()).expect("an address is a header value")
 }
 
 pub fn algorithm(lb: Lb) -> Algorithm {
@@ -136,7 +222,7 @@ impl Balancer {
             Endpoints::Static(list) => list.iter().any(|a| a.parse::<SocketAddr>().is_err()),
         };
         let algorithm = algorithm(svc.lb);
-        let kept = previous.map(|p| p.set.load_full());
+        let kept = previous.map(|p| p.set());
         let set = match &kept {
             Some(prev) => EndpointSet::new(
                 prev.endpoints().iter().map(|e| e.addr),
@@ -151,7 +237,7 @@ impl Balancer {
         Balancer {
             discovery: MeshDiscovery::new(svc.endpoints.clone()),
             algorithm,
-            set: ArcSwap::from_pointee(set),
+            pool: ArcSwap::from_pointee(Pool::new(set)),
             breakers,
             dynamic,
             refreshing: tokio::sync::Mutex::new(()),
@@ -171,14 +257,14 @@ impl Balancer {
         };
         match self.discovery.discover().await {
             Ok(addrs) => {
-                let current = self.set.load();
+                let current = self.set();
                 let same =
                     current.len() == addrs.len() && addrs.iter().all(|a| current.get(a).is_some());
                 if !same {
                     let next =
                         EndpointSet::new(addrs.iter().copied(), self.algorithm, Some(&current));
                     self.breakers.sync_endpoints(&addrs);
-                    self.set.store(Arc::new(next));
+                    self.pool.store(Arc::new(Pool::new(next)));
                 }
             }
             Err(e) => {
@@ -198,7 +284,8 @@ impl Balancer {
         now: Instant,
         panic_threshold: u32,
     ) -> Option<Chosen> {
-        let set = self.set.load();
+        let pool = self.pool.load();
+        let set = &pool.set;
         let mut refused: [Option<SocketAddr>; 4] = [None; 4];
         for round in 0..2 {
             for slot in 0..refused.len() {
@@ -216,13 +303,13 @@ impl Balancer {
                 match self.breakers.admit(endpoint.addr, now) {
                     Admission::Yes => {
                         return Some(Chosen {
-                            endpoint,
+                            endpoint: pool.upstream(endpoint),
                             probe: false,
                         })
                     }
                     Admission::Probe => {
                         return Some(Chosen {
-                            endpoint,
+                            endpoint: pool.upstream(endpoint),
                             probe: true,
                         })
                     }
@@ -239,11 +326,11 @@ impl Balancer {
 
     /// Every current endpoint.
     pub fn endpoints(&self) -> Vec<SocketAddr> {
-        self.set.load().endpoints().iter().map(|e| e.addr).collect()
+        self.set().endpoints().iter().map(|e| e.addr).collect()
     }
 
     pub fn set(&self) -> Arc<EndpointSet> {
-        self.set.load_full()
+        Arc::clone(&self.pool.load().set)
     }
 
     pub fn discovery_status(&self) -> DiscoveryStatus {
@@ -316,6 +403,38 @@ mod tests {
             3,
             "three picks in a row hit three endpoints: {seen:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_pick_carries_its_own_address_as_the_upstream_header() {
+        let first = Balancer::new(
+            &svc(&["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"], "random"),
+            None,
+        );
+        first.refresh().await;
+        // A new table with another endpoint list: the rebuilt pool must stay index-aligned.
+        let rebuilt = Balancer::new(
+            &svc(&["127.0.0.1:9", "127.0.0.1:2", "127.0.0.1:5"], "random"),
+            Some(&first),
+        );
+        rebuilt.refresh().await;
+        for (name, b) in [("first", &first), ("rebuilt", &rebuilt)] {
+            for _ in 0..30 {
+                let chosen = b.pick(None, &[], Instant::now(), 0).expect("an endpoint");
+                let addr = chosen.endpoint.addr.to_string();
+                assert_eq!(
+                    chosen.endpoint.header.to_str().ok(),
+                    Some(addr.as_str()),
+                    "{name}: x-mesh-upstream names the endpoint picked"
+                );
+                let guard = chosen.endpoint.start();
+                assert_eq!(
+                    guard.endpoint().in_flight(),
+                    1,
+                    "{name}: the guard counts the request on the policy's endpoint"
+                );
+            }
+        }
     }
 
     #[tokio::test]

@@ -129,7 +129,7 @@ impl Inbound {
             let _ = base.insert_header(h::TRACEPARENT.clone(), tp);
         }
         let mut body = ReqBody::of(s, None);
-        let idempotent = crate::retry::is_idempotent(s.req_header().method.as_str());
+        let idempotent = mesh_policy::retry::is_idempotent(s.req_header().method.as_str());
         let request = || base.clone();
         let exchanged = tokio::time::timeout(
             timeout,

@@ -8,7 +8,8 @@
 //! Layout:
 //! - `config`: command-line flags and environment variables;
 //! - `routes`: the active routing table compiled for serving, swapped atomically as a whole;
-//! - `balancer`: endpoint discovery (static lists, DNS) and selection per service;
+//! - `balancer`: endpoint discovery (static lists, DNS) and selection per service, on
+//!   `mesh_policy::select`;
 //! - `source`: where tables come from (control-plane poller, or a file) and the status of the
 //!   last fetch;
 //! - `conn`: the request loop of one client connection (pingora-core's HTTP/1 session), shared
@@ -19,8 +20,9 @@
 //! - `upstream`: connecting to endpoints and the pool of idle connections;
 //! - `http`: the `x-mesh-*` names, authority, hop-by-hop fields, the upstream request;
 //! - `reason`: the errors the sidecar answers itself, each with its `x-mesh-error` reason;
-//! - `retry`, `breaker`, `limits`, `select`: the policies, pure state machines: retry decision,
-//!   backoff and budget; per-endpoint ejection; concurrency limits; endpoint selection;
+//! - `limits`: the per-service concurrency limit, which waits for a slot on tokio's semaphore;
+//!   the other policies are pure state machines in `mesh_policy`: `retry` (decision, backoff,
+//!   budget), `breaker` (per-endpoint ejection), `select` (endpoint selection);
 //! - `health`: active health checks;
 //! - `metrics`: the Prometheus families, resolved per route so the hot path only touches atomics;
 //! - `admin`: the admin HTTP server;
@@ -29,7 +31,6 @@
 
 pub mod admin;
 pub mod balancer;
-pub mod breaker;
 pub mod config;
 pub mod conn;
 pub mod forward;
@@ -41,9 +42,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod ports;
 pub mod reason;
-pub mod retry;
 pub mod routes;
-pub mod select;
 pub mod source;
 pub mod trace;
 pub mod tunnel;

@@ -8,7 +8,11 @@
 //! for at most its own `wait_up_to`; anyone beyond that is refused at once. A refusal is an
 //! [`Overflow`] whose text names the limit that was hit, so an operator knows what to raise.
 //!
-//! No sockets, no HTTP: the caller maps an `Overflow` to its 503.
+//! No sockets, no HTTP: the caller maps an `Overflow` to its 503. It stays in the sidecar rather
+//! than in `mesh_policy` because it waits: the slots are a fair tokio semaphore and the wait a
+//! tokio timeout, and the decision (free slot, place in line, or refusal) is made by them. What
+//! is left without tokio, the [`Overflow`] refusal and the [`LimitSnapshot`] counters, is data
+//! rather than a policy.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};

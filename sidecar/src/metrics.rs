@@ -11,8 +11,8 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::retry::Refusal;
 use crate::routes::Mesh;
+use mesh_policy::retry::Refusal;
 
 /// Request-duration buckets: 0.5 ms to 10 s.
 const BUCKETS: &[f64] = &[

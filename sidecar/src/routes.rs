@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::balancer::Balancer;
 use crate::limits::ConcurrencyLimit;
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::retry::{Refusal, RetryBudget};
+use mesh_policy::retry::{Refusal, RetryBudget};
 use pingora_load_balancing::health_check::HealthCheck;
 
 /// One service's policy and the state that enforces it.
@@ -45,7 +45,7 @@ impl ServiceRoute {
         probe: bool,
     ) {
         if let Some(t) = self.balancer.breakers.on_result(addr, now, failure, probe) {
-            if !matches!(t, crate::breaker::Transition::Closed) {
+            if !matches!(t, mesh_policy::breaker::Transition::Closed) {
                 self.metrics.ejections.inc();
             }
         }

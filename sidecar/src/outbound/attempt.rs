@@ -15,13 +15,13 @@ use opentelemetry_sdk::trace::Span as SdkSpan;
 use pingora_http::RequestHeader;
 
 use crate::balancer::Chosen;
+use crate::balancer::InFlightGuard;
 use crate::forward::{self, BodyError, ReqBody};
 use crate::reason::Reason;
-use crate::retry::Outcome;
 use crate::routes::ServiceRoute;
-use crate::select::InFlightGuard;
 use crate::trace::{self, ReqTrace};
 use crate::upstream::{Conn, ConnectError, Upstreams};
+use mesh_policy::retry::Outcome;
 use pingora_core::protocols::http::v1::server::HttpSession;
 
 /// How a try ended: classified once, read by everyone.

@@ -18,10 +18,10 @@ use super::upstream_copy;
 use crate::forward::ReqBody;
 use crate::metrics::RetryReason;
 use crate::reason::Reason;
-use crate::retry::is_idempotent;
 use crate::routes::ServiceRoute;
 use crate::trace::ReqTrace;
 use crate::upstream::{Conn, Upstreams};
+use mesh_policy::retry::is_idempotent;
 
 /// Whether this request is served hedged, and after how long.
 pub fn wants_hedge(route: &ServiceRoute, req: &RequestHeader) -> Option<Duration> {

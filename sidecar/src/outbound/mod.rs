@@ -31,13 +31,13 @@ use crate::http::{self as h, X_MESH_ATTEMPTS, X_MESH_DEADLINE_MS, X_MESH_UPSTREA
 use crate::limits::Permit;
 use crate::metrics::{RouteMetrics, TimeoutKind};
 use crate::reason::{self, Reason};
-use crate::retry::{
-    backoff, decide, is_idempotent, parse_retry_after, retry_delay, Attempt, Refusal,
-};
 use crate::routes::{Mesh, ServiceRoute};
 use crate::trace::{self, ReqTrace};
 use crate::upstream::Upstreams;
 use attempt::{Ended, Failed, Try};
+use mesh_policy::retry::{
+    backoff, decide, is_idempotent, parse_retry_after, retry_delay, Attempt, Refusal,
+};
 
 pub struct Outbound {
     pub mesh: Arc<Mesh>,
