@@ -95,11 +95,10 @@ pub fn content_length(req: &RequestHeader) -> Option<u64> {
 }
 
 /// Hop-by-hop request fields, never forwarded (RFC 9110 7.6.1), and the proxy-only ones.
-static REQUEST_HOP_BY_HOP: [HeaderName; 9] = [
+static REQUEST_HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
     header::TRAILER,
@@ -154,12 +153,14 @@ pub fn check_authority(req: &RequestHeader) -> Result<(), BadRequest> {
     Ok(())
 }
 
-/// The request as an upstream gets it: origin-form (an absolute-form target's authority
-/// becomes the Host), no hop-by-hop fields (the standard ones and those `Connection`
-/// nominates), HTTP/1.1, and chunked framing for a body of unknown length. The caller adds its
-/// own fields (deadline, trace context) to the copy.
-pub fn upstream_request(req: &RequestHeader) -> Result<RequestHeader, BadRequest> {
-    let mut up = req.clone();
+/// Turns the client's request, in place, into the request an upstream gets: origin-form (an
+/// absolute-form target's authority becomes the Host), no hop-by-hop fields (the standard ones
+/// and those `Connection` nominates), no `Expect` (the sidecar answers `100 Continue` itself),
+/// and chunked framing for a chunked body. Done once per request, after the client
+/// session has read what it needs from those fields (keep-alive, framing); each try then
+/// copies the result and adds its own fields (deadline, trace context). Removes only what is
+/// present: a request without such fields costs one pass over its field names.
+pub fn prepare_upstream(req: &mut RequestHeader) -> Result<(), BadRequest> {
     let nominated = connection_nominations(&req.headers).any(|t| {
         std::str::from_utf8(t).is_ok_and(|t| req.headers.contains_key(t) && !is_framing(t))
     });
@@ -169,32 +170,48 @@ pub fn upstream_request(req: &RequestHeader) -> Result<RequestHeader, BadRequest
             .filter_map(|t| HeaderName::from_bytes(t).ok())
             .collect();
         for n in &names {
-            up.remove_header(n);
+            req.remove_header(n);
         }
     }
-    for name in &REQUEST_HOP_BY_HOP {
-        if up.headers.contains_key(name) {
-            up.remove_header(name);
+    let strip = req
+        .headers
+        .keys()
+        .any(|k| REQUEST_HOP_BY_HOP.contains(k) || k == header::EXPECT);
+    if strip {
+        for name in REQUEST_HOP_BY_HOP.iter().chain([&header::EXPECT]) {
+            if req.headers.contains_key(name) {
+                req.remove_header(name);
+            }
         }
     }
     if let RawTargetAuthority::Absolute { authority, .. } = raw_target_authority(req.raw_path()) {
         let host = HeaderValue::from_bytes(authority).map_err(|_| BadRequest::BadAuthority)?;
-        up.insert_header(header::HOST, host)
+        req.insert_header(header::HOST, host)
             .map_err(|_| BadRequest::BadAuthority)?;
-        let origin_form = up.uri.clone();
-        up.set_uri(origin_form);
+        let origin_form = req.uri.clone();
+        req.set_uri(origin_form);
     }
-    // A chunked body is forwarded chunked; Transfer-Encoding is ours to frame (the client's
-    // codings other than chunked are not supported by any upstream we front).
-    if up.headers.contains_key(header::TRANSFER_ENCODING) {
-        up.insert_header(header::TRANSFER_ENCODING, "chunked")
-            .map_err(|_| BadRequest::BadAuthority)?;
-        if up.headers.contains_key(header::CONTENT_LENGTH) {
-            up.remove_header(&header::CONTENT_LENGTH);
+    // A chunked body is forwarded chunked; Transfer-Encoding is ours to frame.
+    if req.headers.contains_key(header::TRANSFER_ENCODING) {
+        if req.headers[header::TRANSFER_ENCODING] != "chunked" {
+            req.insert_header(header::TRANSFER_ENCODING, "chunked")
+                .map_err(|_| BadRequest::BadAuthority)?;
+        }
+        if req.headers.contains_key(header::CONTENT_LENGTH) {
+            req.remove_header(&header::CONTENT_LENGTH);
         }
     }
-    up.set_version(http::Version::HTTP_11);
-    Ok(up)
+    Ok(())
+}
+
+/// A try's copy of a request prepared by [`prepare_upstream`]: HTTP/1.1 whatever the client
+/// spoke (the client's own version stays on its session, which frames the response by it).
+pub fn upstream_copy(prepared: &RequestHeader) -> RequestHeader {
+    let mut r = prepared.clone();
+    if r.version != http::Version::HTTP_11 {
+        r.set_version(http::Version::HTTP_11);
+    }
+    r
 }
 
 fn is_framing(t: &str) -> bool {

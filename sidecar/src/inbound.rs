@@ -10,12 +10,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pingora_core::protocols::http::v1::server::HttpSession;
+use pingora_http::RequestHeader;
 
 use crate::conn::Handler;
 use crate::forward::{self, Forwarded, ReqBody};
 use crate::http as h;
 use crate::metrics::{RouteMetrics, TimeoutKind};
-use crate::outbound::attempt::{self, Ended, Failed};
+use crate::outbound::attempt::{self, Ended, Failed, Limits, Source};
 use crate::outbound::log_trace_id;
 use crate::reason::{self, Reason};
 use crate::routes::Mesh;
@@ -117,43 +118,47 @@ impl Inbound {
             Some(left) if with_grace(left) < app_timeout => (with_grace(left), true),
             _ => (app_timeout, false),
         };
-        let mut base = match h::upstream_request(s.req_header()) {
-            Ok(r) => r,
-            Err(e) => return self.answer(s, cx, Reason::BadRequest, &e.to_string()).await,
-        };
-        if base.headers.contains_key(http::header::EXPECT) {
-            base.remove_header(&http::header::EXPECT);
+        let mut body = ReqBody::of(s, None);
+        if let Err(e) = h::prepare_upstream(s.req_header_mut()) {
+            return self.answer(s, cx, Reason::BadRequest, &e.to_string()).await;
         }
         // The app's parent is this hop's server span (unsampled: see `trace`).
-        if let Some(tp) = cx.trace.as_ref().and_then(ReqTrace::outgoing) {
-            let _ = base.insert_header(h::TRACEPARENT.clone(), tp);
-        }
-        let mut body = ReqBody::of(s, None);
+        let traceparent = cx.trace.as_ref().and_then(ReqTrace::outgoing);
+        let copy = |base: &RequestHeader| {
+            let mut r = h::upstream_copy(base);
+            if let Some(tp) = &traceparent {
+                let _ = r.insert_header(h::TRACEPARENT.clone(), tp.clone());
+            }
+            r
+        };
         let idempotent = mesh_policy::retry::is_idempotent(s.req_header().method.as_str());
-        let request = || base.clone();
-        let exchanged = tokio::time::timeout(
-            timeout,
-            attempt::exchange(
-                &self.upstreams,
-                self.app,
-                APP_CONNECT,
-                &request,
-                idempotent,
-                Some(&mut *s),
-                &mut body,
-            ),
+        let limits = Limits {
+            connect: APP_CONNECT,
+            response: timeout,
+            response_is_deadline: deadline_bound,
+        };
+        let source = Source::Client(&mut *s);
+        let exchanged = attempt::run(
+            &self.upstreams,
+            self.app,
+            limits,
+            source,
+            copy,
+            idempotent,
+            &mut body,
         )
-        .await
-        .unwrap_or(Err(Failed::Try(Ended::TimedOut {
-            deadline: deadline_bound,
-        })));
+        .await;
         let mut conn = match exchanged {
             Ok(conn) => conn,
             Err(Failed::Client) => {
                 s.set_server_keepalive(None);
                 return;
             }
-            Err(Failed::Try(ended)) => {
+            Err(f) => {
+                let ended = match f {
+                    Failed::Try(ended) => ended,
+                    _ => Ended::Reset,
+                };
                 let reason = match ended {
                     Ended::TimedOut { deadline: true } => Reason::DeadlineExceeded,
                     Ended::TimedOut { deadline: false } => Reason::PerTryTimeout,

@@ -209,59 +209,130 @@ impl Drop for Try {
     }
 }
 
+/// Where a try's request comes from: the client's session (the request has a body to read
+/// from it) or a prepared header (hedged tries, which have no body).
+pub enum Source<'a> {
+    Client(&'a mut HttpSession),
+    Header(&'a RequestHeader),
+}
+
+impl Source<'_> {
+    fn header(&self) -> &RequestHeader {
+        match self {
+            Source::Client(s) => s.req_header(),
+            Source::Header(h) => h,
+        }
+    }
+
+    fn client(&mut self) -> Option<&mut HttpSession> {
+        match self {
+            Source::Client(s) => Some(&mut **s),
+            Source::Header(_) => None,
+        }
+    }
+}
+
+/// The time limits of one try.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub connect: Duration,
+    /// Until the response header: the per-try timeout, or what is left of the deadline.
+    pub response: Duration,
+    /// `response` is what is left of the request's deadline.
+    pub response_is_deadline: bool,
+}
+
+/// One try under its time limit: one exchange, and once more on a new connection when a
+/// pooled one turned out closed. `copy` makes the try's request from the prepared header.
+pub async fn run(
+    upstreams: &Upstreams,
+    addr: SocketAddr,
+    limits: Limits,
+    mut src: Source<'_>,
+    copy: impl Fn(&RequestHeader) -> RequestHeader,
+    idempotent: bool,
+    body: &mut ReqBody,
+) -> Result<Conn, Failed> {
+    let tries = async {
+        let mut fresh = false;
+        loop {
+            let req = copy(src.header());
+            let client = src.client();
+            match exchange(
+                upstreams,
+                addr,
+                limits.connect,
+                req,
+                idempotent,
+                fresh,
+                client,
+                body,
+            )
+            .await
+            {
+                Err(Failed::Stale) if !fresh => fresh = true,
+                Err(Failed::Stale) => return Err(Failed::Try(Ended::Reset)),
+                r => return r,
+            }
+        }
+    };
+    tokio::time::timeout(limits.response, tries)
+        .await
+        .unwrap_or(Err(Failed::Try(Ended::TimedOut {
+            deadline: limits.response_is_deadline,
+        })))
+}
+
 /// How an exchange failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failed {
     /// The try failed: report it and maybe retry.
     Try(Ended),
+    /// A pooled connection turned out closed by the endpoint before any answer, and the
+    /// request can be sent again: send it once more on a new connection (`fresh`). Not the
+    /// endpoint's failure, and not a retry.
+    Stale,
     /// The client went away or sent a broken body: nothing to answer.
     Client,
 }
 
-/// One exchange with `addr`: a connection (pooled or new), the request header from `request`,
-/// the body, and the response header. A pooled connection that turns out closed before any
-/// response byte arrived is replaced once by a new one when the request can be sent again.
-/// The caller bounds the whole exchange by the try's timeout.
+/// One exchange with `addr`: a connection (pooled, or new when `fresh`), the request header,
+/// the body, and the response header. The caller bounds the whole exchange by the try's
+/// timeout, and on [`Failed::Stale`] sends a new copy of the request with `fresh` set.
+#[allow(clippy::too_many_arguments)]
 pub async fn exchange(
     upstreams: &Upstreams,
     addr: SocketAddr,
     connect_timeout: Duration,
-    request: &(dyn Fn() -> RequestHeader + Sync),
+    req: RequestHeader,
     idempotent: bool,
+    fresh: bool,
     down: Option<&mut HttpSession>,
     body: &mut ReqBody,
 ) -> Result<Conn, Failed> {
-    let mut down = down;
-    let mut conn = upstreams
-        .get(addr, connect_timeout, !idempotent)
-        .await
-        .map_err(connect_failed)?;
-    loop {
-        let sent = send(&mut conn, request(), down.as_deref_mut(), body).await;
-        match sent {
-            Ok(()) => return Ok(conn),
-            // Nothing reached an app through a connection whose first write failed; a request
-            // written to a connection that then turned out closed may be sent again when it is
-            // idempotent (RFC 9110 9.2.2).
-            Err((Failed::Try(Ended::Reset), wrote))
-                if conn.reused && body.replayable() && (idempotent || !wrote) =>
-            {
-                // The endpoint closed the idle connection: once more on a new one.
-                tracing::debug!(%addr, "pooled connection was closed; retrying on a new one");
-                conn = upstreams
-                    .fresh(addr, connect_timeout)
-                    .await
-                    .map_err(connect_failed)?;
-            }
-            Err((e, _)) => return Err(e),
-        }
+    let mut conn = if fresh {
+        upstreams.fresh(addr, connect_timeout).await
+    } else {
+        upstreams.get(addr, connect_timeout, !idempotent).await
     }
-}
-
-fn connect_failed(e: ConnectError) -> Failed {
-    Failed::Try(Ended::ConnectFailed {
-        timed_out: e == ConnectError::TimedOut,
-    })
+    .map_err(|e| {
+        Failed::Try(Ended::ConnectFailed {
+            timed_out: e == ConnectError::TimedOut,
+        })
+    })?;
+    match send(&mut conn, req, down, body).await {
+        Ok(()) => Ok(conn),
+        // Nothing reached an app through a connection whose first write failed; a request
+        // written to a connection that then turned out closed may be sent again when it is
+        // idempotent (RFC 9110 9.2.2).
+        Err((Failed::Try(Ended::Reset), wrote))
+            if conn.reused && body.replayable() && (idempotent || !wrote) =>
+        {
+            tracing::debug!(%addr, "pooled connection was closed; sending again on a new one");
+            Err(Failed::Stale)
+        }
+        Err((e, _)) => Err(e),
+    }
 }
 
 /// Sends the request and reads the response header; on failure, says whether the request

@@ -10,10 +10,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pingora_core::protocols::http::v1::server::HttpSession;
 use pingora_http::RequestHeader;
 
-use super::attempt::{self, Ended, Failed, Try};
+use super::attempt::{self, Ended, Failed, Source, Try};
 use super::upstream_copy;
 use crate::forward::ReqBody;
 use crate::metrics::RetryReason;
@@ -57,24 +56,23 @@ fn trace_ref<'b>(t: &'b Traced<'_>) -> Option<&'b ReqTrace> {
 /// Runs the first try, and a second one once `after` passes without an answer.
 pub async fn race(
     upstreams: &Upstreams,
-    s: &mut HttpSession,
-    route: &Arc<ServiceRoute>,
     base: &RequestHeader,
+    route: &Arc<ServiceRoute>,
     deadline: Instant,
     after: Duration,
     mut traced: Traced<'_>,
 ) -> Result<Won, Lost> {
     let policy = &route.policy;
-    let method = s.req_header().method.clone();
-    let key: Option<Vec<u8>> = policy
+    let method = &base.method;
+    let key: Option<&[u8]> = policy
         .hash_header
         .as_deref()
-        .and_then(|h| s.req_header().headers.get(h))
-        .map(|v| v.as_bytes().to_vec());
+        .and_then(|h| base.headers.get(h))
+        .map(|v| v.as_bytes());
     let now = Instant::now();
     let Some(first) = route
         .balancer
-        .pick(key.as_deref(), &[], now, policy.panic_threshold_percent)
+        .pick(key, &[], now, policy.panic_threshold_percent)
     else {
         return Err(Lost {
             reason: Reason::NoHealthyEndpoint,
@@ -82,25 +80,24 @@ pub async fn race(
             attempts: 0,
         });
     };
-    let mut a = Try::start(route, first, 1, now, reborrow(&mut traced), &method);
+    let mut a = Try::start(route, first, 1, now, reborrow(&mut traced), method);
     let tp_a = a.traceparent(trace_ref(&traced));
     let run = |t: &Try, tp: Option<http::HeaderValue>| {
         let addr = t.addr();
-        let left = deadline.saturating_duration_since(Instant::now());
-        let connect = policy.timeouts.connect().min(left);
-        let try_timeout = policy.timeouts.per_try().map_or(left, |p| p.min(left));
-        let try_is_deadline = policy.timeouts.per_try().is_none_or(|p| p >= left);
+        let limits = super::limits(route, deadline.saturating_duration_since(Instant::now()));
         async move {
-            let request = || upstream_copy(base, deadline, tp.clone());
             let mut body = ReqBody::none();
-            tokio::time::timeout(
-                try_timeout,
-                attempt::exchange(upstreams, addr, connect, &request, true, None, &mut body),
+            let copy = |b: &RequestHeader| upstream_copy(b, deadline, tp.clone());
+            attempt::run(
+                upstreams,
+                addr,
+                limits,
+                Source::Header(base),
+                copy,
+                true,
+                &mut body,
             )
             .await
-            .unwrap_or(Err(Failed::Try(Ended::TimedOut {
-                deadline: try_is_deadline,
-            })))
         }
     };
     let fut_a = run(&a, tp_a);
@@ -134,7 +131,7 @@ pub async fn race(
         .then(|| {
             route
                 .balancer
-                .pick(key.as_deref(), &avoid, now, policy.panic_threshold_percent)
+                .pick(key, &avoid, now, policy.panic_threshold_percent)
         })
         .flatten()
         .filter(|c| a_failed.is_some() || c.endpoint.addr != a.addr());
@@ -160,7 +157,7 @@ pub async fn race(
         Some(ended) => ended.retry_label(),
         None => RetryReason::Hedge,
     });
-    let mut b = Try::start(route, second, 2, now, reborrow(&mut traced), &method);
+    let mut b = Try::start(route, second, 2, now, reborrow(&mut traced), method);
     let tp_b = b.traceparent(trace_ref(&traced));
     let fut_b = run(&b, tp_b);
     tokio::pin!(fut_b);
@@ -214,8 +211,9 @@ fn settle(t: &mut Try, r: Result<Conn, Failed>) -> Result<Conn, Ended> {
             return Ok(conn);
         }
         Err(Failed::Try(ended)) => ended,
-        // Hedged requests have no body to read from the client.
-        Err(Failed::Client) => Ended::Reset,
+        // Hedged requests have no body to read from the client, and `run` sends a stale
+        // connection's request again itself.
+        Err(Failed::Client) | Err(Failed::Stale) => Ended::Reset,
     };
     t.finish(ended, now);
     t.end_span(None, Some(ended.reason().token().into()));

@@ -34,7 +34,17 @@ use crate::reason::{self, Reason};
 use crate::routes::{Mesh, ServiceRoute};
 use crate::trace::{self, ReqTrace};
 use crate::upstream::Upstreams;
-use attempt::{Ended, Failed, Try};
+use attempt::{Ended, Failed, Limits, Source, Try};
+
+/// A try's time limits when `remaining` is left of the request's deadline.
+fn limits(route: &ServiceRoute, remaining: Duration) -> Limits {
+    let t = &route.policy.timeouts;
+    Limits {
+        connect: t.connect().min(remaining),
+        response: t.per_try().map_or(remaining, |p| p.min(remaining)),
+        response_is_deadline: t.per_try().is_none_or(|p| p >= remaining),
+    }
+}
 use mesh_policy::retry::{
     backoff, decide, is_idempotent, parse_retry_after, retry_delay, Attempt, Refusal,
 };
@@ -81,14 +91,14 @@ impl Handler for Outbound {
     }
 }
 
-/// The upstream copy of the request: origin-form, no hop-by-hop fields, the deadline left,
-/// the try's `traceparent`.
+/// A try's copy of the prepared request (see `http::prepare_upstream`): the deadline left
+/// and the try's `traceparent` added.
 fn upstream_copy(
     base: &RequestHeader,
     deadline: Instant,
     traceparent: Option<http::HeaderValue>,
 ) -> RequestHeader {
-    let mut r = base.clone();
+    let mut r = h::upstream_copy(base);
     let left = deadline.saturating_duration_since(Instant::now());
     let _ = r.insert_header(X_MESH_DEADLINE_MS.clone(), h::deadline_value(left));
     if let Some(tp) = traceparent {
@@ -193,21 +203,16 @@ impl Outbound {
             }
         };
         route.budget.on_request(now);
-        let base = match h::upstream_request(s.req_header()) {
-            Ok(mut r) => {
-                if r.headers.contains_key(http::header::EXPECT) {
-                    // Answered here (see `forward::ReqBody`).
-                    r.remove_header(&http::header::EXPECT);
-                }
-                r
-            }
-            Err(e) => return self.answer(s, cx, Reason::BadRequest, &e.to_string()).await,
-        };
-        if let Some(after) = hedge::wants_hedge(&route, s.req_header()) {
-            // Boxed: most requests are not hedged, and the hedging future is large.
-            return Box::pin(self.hedged(s, cx, &route, &base, deadline, after)).await;
+        let hedge = hedge::wants_hedge(&route, s.req_header());
+        let mut body = ReqBody::of(s, Some(route.policy.retries.max_body_bytes));
+        if let Err(e) = h::prepare_upstream(s.req_header_mut()) {
+            return self.answer(s, cx, Reason::BadRequest, &e.to_string()).await;
         }
-        self.tries(s, cx, &route, &base, deadline).await;
+        if let Some(after) = hedge {
+            // Boxed: most requests are not hedged, and the hedging future is large.
+            return Box::pin(self.hedged(s, cx, &route, deadline, after)).await;
+        }
+        self.tries(s, cx, &route, &mut body, deadline).await;
     }
 
     /// The attempt loop.
@@ -216,12 +221,11 @@ impl Outbound {
         s: &mut HttpSession,
         cx: &mut Ctx,
         route: &Arc<ServiceRoute>,
-        base: &RequestHeader,
+        body: &mut ReqBody,
         deadline: Instant,
     ) {
         let policy = &route.policy;
         let idempotent = is_idempotent(s.req_header().method.as_str());
-        let mut body = ReqBody::of(s, Some(policy.retries.max_body_bytes));
         // Endpoints that failed this request; allocated only when a try fails.
         let mut failed: Vec<SocketAddr> = Vec::new();
         let mut retry_after: Option<Duration> = None;
@@ -295,30 +299,18 @@ impl Outbound {
             );
             let addr = t.addr();
             cx.endpoint = Some(addr);
-            let try_timeout = policy
-                .timeouts
-                .per_try()
-                .map_or(remaining, |p| p.min(remaining));
-            let try_is_deadline = policy.timeouts.per_try().is_none_or(|p| p >= remaining);
+            let limits = limits(route, remaining);
             let traceparent = t.traceparent(cx.trace.as_ref());
-            let request = || upstream_copy(base, deadline, traceparent.clone());
-            let connect = policy.timeouts.connect().min(remaining);
-            let exchanged = tokio::time::timeout(
-                try_timeout,
-                attempt::exchange(
-                    &self.upstreams,
-                    addr,
-                    connect,
-                    &request,
-                    idempotent,
-                    Some(&mut *s),
-                    &mut body,
-                ),
+            let exchanged = attempt::run(
+                &self.upstreams,
+                addr,
+                limits,
+                Source::Client(&mut *s),
+                |base| upstream_copy(base, deadline, traceparent.clone()),
+                idempotent,
+                body,
             )
-            .await
-            .unwrap_or(Err(Failed::Try(Ended::TimedOut {
-                deadline: try_is_deadline,
-            })));
+            .await;
             let now = Instant::now();
             let (ended, conn) = match exchanged {
                 Ok(conn) => {
@@ -332,6 +324,7 @@ impl Outbound {
                     return;
                 }
                 Err(Failed::Try(ended)) => (ended, None),
+                Err(Failed::Stale) => (Ended::Reset, None),
             };
             t.finish(ended, now);
             last = ended;
@@ -359,7 +352,7 @@ impl Outbound {
                                 cx,
                                 ended,
                                 idempotent,
-                                &body,
+                                body,
                                 deadline,
                                 now,
                                 &mut refusal,
@@ -372,7 +365,7 @@ impl Outbound {
                     cx,
                     ended,
                     idempotent,
-                    &body,
+                    body,
                     deadline,
                     now,
                     &mut refusal,
@@ -476,12 +469,19 @@ impl Outbound {
         s: &mut HttpSession,
         cx: &mut Ctx,
         route: &Arc<ServiceRoute>,
-        base: &RequestHeader,
         deadline: Instant,
         after: Duration,
     ) {
         let traced = self.tracing.as_deref().zip(cx.trace.as_mut());
-        let won = hedge::race(&self.upstreams, s, route, base, deadline, after, traced).await;
+        let won = hedge::race(
+            &self.upstreams,
+            s.req_header(),
+            route,
+            deadline,
+            after,
+            traced,
+        )
+        .await;
         match won {
             Ok(w) => {
                 cx.attempts = w.attempts;
