@@ -17,7 +17,6 @@
 //! ever reaped under their entry's lock, and signals are sent under that lock after checking
 //! the child is unreaped, so a pid is never signalled after it could have been reused.
 
-use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -28,6 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use mesh_proto::listening::{ListeningError, PREFIX};
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::oneshot;
@@ -75,11 +75,10 @@ pub enum ChildError {
         log: PathBuf,
         tail: String,
     },
-    #[error("{name} printed a LISTENING line that {problem}: {line}; its log: {}", log.display())]
+    #[error("{name}: {source}; its log: {}", log.display())]
     BadListening {
         name: String,
-        problem: String,
-        line: String,
+        source: ListeningError,
         log: PathBuf,
     },
 }
@@ -220,24 +219,19 @@ pub struct Pending {
 #[derive(Clone)]
 pub struct Listening {
     pub entry: Arc<ChildEntry>,
-    pub addrs: BTreeMap<String, String>,
+    pub addrs: mesh_proto::listening::Listening,
 }
 
 impl Listening {
     /// The address of listener `key` (e.g. `outbound`).
     pub fn addr(&self, key: &str) -> Result<SocketAddr, ChildError> {
-        let bad = |problem: String| ChildError::BadListening {
-            name: self.entry.name.clone(),
-            problem,
-            line: format!("{:?}", self.addrs),
-            log: self.entry.log.clone(),
-        };
-        let s = self
-            .addrs
-            .get(key)
-            .ok_or_else(|| bad(format!("has no {key:?} listener")))?;
-        s.parse()
-            .map_err(|_| bad(format!("gives {key:?} as {s:?}, not IP:PORT")))
+        self.addrs
+            .addr(key)
+            .map_err(|source| ChildError::BadListening {
+                name: self.entry.name.clone(),
+                source,
+                log: self.entry.log.clone(),
+            })
     }
 }
 
@@ -271,13 +265,13 @@ impl Pending {
                 })
             }
         };
-        let addrs: BTreeMap<String, String> =
-            serde_json::from_str(&line).map_err(|err| ChildError::BadListening {
+        let addrs = mesh_proto::listening::Listening::parse(&line).map_err(|source| {
+            ChildError::BadListening {
                 name: e.name.clone(),
-                problem: format!("is not a JSON object of strings ({err})"),
-                line: line.clone(),
+                source,
                 log: e.log.clone(),
-            })?;
+            }
+        })?;
         Ok(Listening { entry: e, addrs })
     }
 }
@@ -534,9 +528,9 @@ async fn pump_stdout(
     while let Ok(Some(line)) = lines.next_line().await {
         // A small append to a local file: not worth a blocking-pool hop.
         let _ = writeln!(log, "{line}");
-        if let Some(rest) = line.strip_prefix("LISTENING ") {
+        if line.starts_with(PREFIX) {
             if let Some(tx) = tx.take() {
-                let _ = tx.send(rest.trim().to_owned());
+                let _ = tx.send(line);
             }
         }
     }

@@ -16,6 +16,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use mesh_proto::listening::{Listening, PREFIX};
+
 /// Path of a workspace binary built next to the running test.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
@@ -37,8 +39,8 @@ pub fn bin(name: &str) -> PathBuf {
 pub struct Proc {
     pub name: String,
     child: Option<Child>,
-    /// The JSON object of the `LISTENING` line.
-    pub listening: serde_json::Value,
+    /// The listeners of its `LISTENING` line (empty until it is read).
+    pub listening: Listening,
     stderr_path: PathBuf,
 }
 
@@ -53,13 +55,9 @@ impl Proc {
     /// Starts a prepared command (for env vars or other programs) and waits for `LISTENING`.
     pub fn start_with(cmd: &mut Command, name: &str) -> Proc {
         let mut p = Proc::spawn(cmd, name);
-        let line = p.wait_for_stdout_line("LISTENING ", Duration::from_secs(60));
-        p.listening = serde_json::from_str(&line).unwrap_or_else(|e| {
-            panic!(
-                "{name}: LISTENING line is not JSON ({e}): {line}\nstderr:\n{}",
-                p.stderr()
-            )
-        });
+        let rest = p.wait_for_stdout_line(PREFIX, Duration::from_secs(60));
+        p.listening = Listening::parse(&format!("{PREFIX}{rest}"))
+            .unwrap_or_else(|e| panic!("{name}: {e}\nstderr:\n{}", p.stderr()));
         p
     }
 
@@ -86,7 +84,7 @@ impl Proc {
         Proc {
             name: name.to_owned(),
             child: Some(child),
-            listening: serde_json::Value::Null,
+            listening: Listening::default(),
             stderr_path,
         }
     }
@@ -132,11 +130,9 @@ impl Proc {
 
     /// A socket address from the `LISTENING` line.
     pub fn addr(&self, key: &str) -> SocketAddr {
-        self.listening[key]
-            .as_str()
-            .unwrap_or_else(|| panic!("{}: no {key:?} in LISTENING {}", self.name, self.listening))
-            .parse()
-            .expect("LISTENING addresses are socket addresses")
+        self.listening
+            .addr(key)
+            .unwrap_or_else(|e| panic!("{}: {e}", self.name))
     }
 
     pub fn pid(&self) -> i32 {

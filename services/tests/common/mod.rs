@@ -9,6 +9,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use mesh_proto::listening::Listening;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -99,17 +100,11 @@ impl Service {
                 service.stderr()
             ),
         };
-        let json = line.strip_prefix("LISTENING ").unwrap_or_else(|| {
-            panic!("first stdout line should start with `LISTENING `, got {line:?}")
-        });
-        let value: serde_json::Value = serde_json::from_str(json)
-            .unwrap_or_else(|e| panic!("LISTENING payload {json:?} is not JSON: {e}"));
-        let app = value["app"]
-            .as_str()
-            .unwrap_or_else(|| panic!("LISTENING payload {json:?} lacks a string \"app\""));
-        service.addr = app
-            .parse()
-            .unwrap_or_else(|e| panic!("\"app\" = {app:?} is not an address: {e}"));
+        let listening = Listening::parse(&line)
+            .unwrap_or_else(|e| panic!("the first stdout line should be the LISTENING line: {e}"));
+        service.addr = listening
+            .addr("app")
+            .unwrap_or_else(|e| panic!("{e}: {line}"));
         assert_ne!(
             service.addr.port(),
             0,
