@@ -1,4 +1,4 @@
-//! The command-line flags, and the parser of `--watch-interval` durations.
+//! The command-line flags (durations in the syntax every binary shares: `mesh_proto::duration`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,29 +25,8 @@ pub struct Cli {
     pub listen: SocketAddr,
 
     /// How often to look for changed, new or removed table files, e.g. `500ms`, `2s`, `1m`.
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = mesh_proto::duration::parse_positive)]
     pub watch_interval: Duration,
-}
-
-/// Parses a positive whole number followed by a unit: `ms`, `s`, `m` or `h` (`500ms`, `2s`, `1m`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
-    let (num, unit) = s.split_at(digits);
-    let expected = "expected a whole number and a unit (ms, s, m or h), e.g. 500ms, 2s, 1m";
-    let n: u64 = num.parse().map_err(|_| format!("{s:?}: {expected}"))?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        "" => return Err(format!("{s:?} has no unit: {expected}")),
-        _ => return Err(format!("{s:?}: unknown unit {unit:?}; {expected}")),
-    };
-    if d.is_zero() {
-        return Err(format!("{s:?}: the interval must be greater than zero"));
-    }
-    Ok(d)
 }
 
 #[cfg(test)]
@@ -55,25 +34,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_with_each_unit_parse() {
-        let cases = [
+    fn the_watch_interval_takes_the_shared_duration_syntax() {
+        for (text, want) in [
             ("500ms", Duration::from_millis(500)),
             ("2s", Duration::from_secs(2)),
             ("1m", Duration::from_secs(60)),
-            ("1h", Duration::from_secs(3600)),
             (" 200ms ", Duration::from_millis(200)),
-        ];
-        for (text, want) in cases {
-            assert_eq!(parse_duration(text), Ok(want), "parsing {text:?}");
+        ] {
+            let cli =
+                Cli::try_parse_from(["control-plane", "--tables", "t", "--watch-interval", text])
+                    .unwrap_or_else(|e| panic!("{text:?} parses: {e}"));
+            assert_eq!(cli.watch_interval, want, "--watch-interval {text:?}");
         }
-    }
-
-    #[test]
-    fn bad_durations_say_what_is_expected() {
-        for text in ["", "5", "ms", "1.5s", "-1s", "3d", "0s", "10 s"] {
-            let err = parse_duration(text).expect_err(text);
+        for text in ["", "5", "ms", "-1s", "0s", "3x"] {
+            // `--flag=value`, so that `-1s` is a value and not a flag.
+            let flag = format!("--watch-interval={text}");
+            let err = Cli::try_parse_from(["control-plane", "--tables", "t", &flag])
+                .expect_err(text)
+                .to_string();
             assert!(
-                err.contains("unit") || err.contains("greater than zero"),
+                err.contains("expected a number and a unit") || err.contains("greater than zero"),
                 "the error for {text:?} should explain the format, got {err:?}"
             );
         }

@@ -3,7 +3,7 @@
 //! Exit codes: 0 after a graceful shutdown, 1 when the tables do not load or the address cannot
 //! be bound (every problem on stderr), 2 for bad flags.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,12 +52,8 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", cli.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
-    {
-        let line = serde_json::json!({ "control_plane": addr.to_string() });
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "LISTENING {line}").context("writing the LISTENING line")?;
-        out.flush().context("flushing stdout")?;
-    }
+    mesh_proto::listening::announce([("control_plane", addr)])
+        .context("writing the LISTENING line")?;
     tracing::info!(%addr, tables = %cli.tables.display(), watch_interval = ?cli.watch_interval,
                    "control plane listening");
 

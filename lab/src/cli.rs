@@ -1,10 +1,11 @@
-//! The command line: `meshlab up ...`, and the duration syntax its flags share with the other
-//! binaries (`500ms`, `20s`, `2m`, `1h`).
+//! The command line: `meshlab up ...`. Durations take the syntax every binary's flags share
+//! (`500ms`, `1.5s`, `20s`, `2m`, `1h`: `mesh_proto::duration`).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use mesh_proto::duration;
 
 /// meshlab: run the service mesh on loopback and drive load through it.
 #[derive(Debug, Parser)]
@@ -37,7 +38,7 @@ pub struct UpArgs {
     pub replicas: Option<u32>,
 
     /// How long to drive load (e.g. `20s`, `2m`); without it, until Ctrl-C or SIGTERM.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = duration::parse)]
     pub duration: Option<Duration>,
 
     /// Requests per second sent to the entry service (open loop: paced by the clock, not by
@@ -51,7 +52,7 @@ pub struct UpArgs {
     pub concurrency: u32,
 
     /// Timeout of one load request, end to end.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = duration::parse)]
     pub request_timeout: Duration,
 
     /// Print the summary as one JSON object on stdout (the start-up table then goes to stderr).
@@ -63,12 +64,12 @@ pub struct UpArgs {
     pub bin_dir: Option<PathBuf>,
 
     /// How often every sidecar polls the control plane.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = duration::parse_positive)]
     pub poll_interval: Duration,
 
     /// Deadline for the whole start-up: every child listening, the lab's table propagated to
     /// every sidecar, every sidecar ready and every app healthy.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = duration::parse)]
     pub startup_timeout: Duration,
 
     /// Seed from which each replica's `--seed` is derived (same seed, same fault sequence).
@@ -101,86 +102,50 @@ pub fn parse_ratio(s: &str) -> Result<f64, String> {
     }
 }
 
-/// Parses `500ms`, `20s`, `1.5s`, `2m`, `1h`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 500ms, 20s, 2m or 1h"))?;
-    let secs = match unit.trim() {
-        "ms" => value / 1_000.0,
-        "" | "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3_600.0,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {s:?}; use ms, s, m or h"
-            ))
-        }
-    };
-    if !secs.is_finite() || secs > 365.0 * 86_400.0 {
-        return Err(format!("{s:?} is out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-/// Formats a duration for another binary's flag: whole seconds as `Ns`, anything else as `Nms`.
-pub fn format_duration(d: Duration) -> String {
-    if d.subsec_nanos() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis().max(1))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn durations_parse_in_every_unit() {
-        let cases = [
-            ("500ms", Duration::from_millis(500)),
-            ("20s", Duration::from_secs(20)),
-            ("1.5s", Duration::from_millis(1_500)),
-            ("2m", Duration::from_secs(120)),
-            ("1h", Duration::from_secs(3_600)),
-            ("7", Duration::from_secs(7)),
-        ];
-        for (text, want) in cases {
-            assert_eq!(parse_duration(text), Ok(want), "parse_duration({text:?})");
+    fn duration_flags_take_the_shared_syntax() {
+        let cli = Cli::try_parse_from([
+            "meshlab",
+            "up",
+            "--env",
+            "dev",
+            "--duration",
+            "1.5s",
+            "--poll-interval",
+            "500ms",
+            "--startup-timeout",
+            "2m",
+        ])
+        .expect("durations in ms, s and m parse");
+        let Command::Up(a) = cli.command;
+        assert_eq!(a.duration, Some(Duration::from_millis(1_500)), "--duration");
+        assert_eq!(
+            a.poll_interval,
+            Duration::from_millis(500),
+            "--poll-interval"
+        );
+        assert_eq!(
+            a.startup_timeout,
+            Duration::from_secs(120),
+            "--startup-timeout"
+        );
+        for (flag, bad, why) in [
+            ("--duration", "7", "has no unit"),
+            ("--request-timeout", "10x", "unknown unit"),
+            ("--poll-interval", "0s", "greater than zero"),
+        ] {
+            let err = Cli::try_parse_from(["meshlab", "up", "--env", "dev", flag, bad])
+                .expect_err(bad)
+                .to_string();
+            assert!(
+                err.contains(&format!("invalid duration {bad:?}")) && err.contains(why),
+                "{flag} {bad} is refused with the reason: {err}"
+            );
         }
-    }
-
-    #[test]
-    fn bad_durations_are_rejected_with_a_reason() {
-        for text in ["", "s", "10x", "-1s", "1e99h"] {
-            let err = parse_duration(text).expect_err(text);
-            assert!(!err.is_empty(), "the error for {text:?} says something");
-        }
-    }
-
-    #[test]
-    fn durations_format_for_other_binaries() {
-        assert_eq!(
-            format_duration(Duration::from_secs(1)),
-            "1s",
-            "whole seconds"
-        );
-        assert_eq!(
-            format_duration(Duration::from_millis(200)),
-            "200ms",
-            "sub-second"
-        );
-        assert_eq!(
-            format_duration(Duration::from_millis(1_500)),
-            "1500ms",
-            "fractional seconds go to ms"
-        );
     }
 
     #[test]

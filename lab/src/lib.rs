@@ -35,12 +35,12 @@
 //! inspection.
 //!
 //! # Layout
-//! - [`cli`]: the flags and the duration syntax;
+//! - [`cli`]: the flags (durations in `mesh_proto::duration`'s syntax);
 //! - [`labtable`]: finding and validating the environment's table, and rewriting it with the
 //!   lab's endpoints;
 //! - [`plan`]: the replicas, their seeds and the argument lists of the three binaries (pure);
-//! - [`children`]: spawning children (log file, parent-death signal, own process group),
-//!   their `LISTENING` line, the watchdog, stopping;
+//! - [`children`]: the lab's children on `mesh_proto::supervise` (log file, parent-death
+//!   signal, own process group, their `LISTENING` line, stopping), plus the watchdog;
 //! - [`mesh`]: the start-up order, port reservation, readiness and table propagation;
 //! - [`prometheus`]: the scrape config of every run, and the `--prometheus` server;
 //! - [`load`]: the open-loop pacer and the load driver;

@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mesh_proto::headers::X_MESH_ERROR;
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 
@@ -189,7 +190,7 @@ async fn send(
     let status = resp.status();
     let mesh_error = resp
         .headers()
-        .get("x-mesh-error")
+        .get(X_MESH_ERROR)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     resp.bytes().await?;

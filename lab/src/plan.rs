@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use mesh_table::Lab;
 
-use crate::cli::format_duration;
+use mesh_proto::duration;
 
 /// Name the client sidecar gives itself; the load enters the mesh through its outbound port.
 pub const CLIENT_SERVICE: &str = "lab-client";
@@ -128,7 +128,7 @@ pub fn sidecar_args(
         "--app",
         app,
         "--poll-interval",
-        &format_duration(poll_interval),
+        &duration::format(poll_interval),
     ]
     .map(String::from)
     .to_vec()
@@ -142,7 +142,7 @@ pub fn control_plane_args(tables_dir: &Path) -> Vec<String> {
         "--listen".into(),
         "127.0.0.1:0".into(),
         "--watch-interval".into(),
-        format_duration(CP_WATCH_INTERVAL),
+        duration::format(CP_WATCH_INTERVAL),
     ]
 }
 

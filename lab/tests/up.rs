@@ -16,14 +16,13 @@
 //!   without `prometheus` on PATH, `--prometheus` fails before anything starts.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, ExitStatus};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use mesh_proto::supervise::{Child, Options};
 
 /// A lab runs a dozen processes; on a small machine two at once would skew each other's
 /// latencies, so the mesh tests take turns.
@@ -104,11 +103,9 @@ fn small_tables(name: &str) -> PathBuf {
     d
 }
 
-/// A running meshlab: stdout collected line by line, stderr in a file.
+/// A running meshlab (`mesh_proto::supervise`): stdout kept line by line, stderr in a file.
 struct Meshlab {
     child: Child,
-    lines: mpsc::Receiver<String>,
-    stdout: Vec<String>,
     stderr_path: PathBuf,
 }
 
@@ -123,98 +120,63 @@ impl Meshlab {
                 .take(60)
                 .collect::<String>()
         ));
-        let stderr = std::fs::File::create(&stderr_path).expect("create the stderr file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshlab"));
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr);
-        // SAFETY: prctl only sets a flag on the child; a failing test kills meshlab with it.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().expect("spawn meshlab");
-        let out = child.stdout.take().expect("stdout is piped");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Meshlab {
-            child,
-            lines,
-            stdout: Vec::new(),
-            stderr_path,
-        }
+        cmd.args(args);
+        let child = Child::spawn(
+            "meshlab",
+            &mut cmd,
+            &Options::new(&stderr_path).keep_stdout(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        Meshlab { child, stderr_path }
     }
 
     fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
-    /// Reads stdout until a line starting with `prefix`; returns the rest of it.
+    fn stdout(&self) -> Vec<String> {
+        self.child.stdout_lines()
+    }
+
+    /// Waits for a stdout line starting with `prefix`; returns the rest of it.
     fn line_starting(&mut self, prefix: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.stdout.push(line.clone());
-                    if let Some(rest) = line.strip_prefix(prefix) {
-                        return rest.to_owned();
-                    }
-                }
-                Err(e) => {
-                    let status = self.child.try_wait();
-                    panic!(
-                        "no stdout line starting {prefix:?} within {timeout:?} ({e}); exit: \
-                         {status:?}\nstdout so far:\n{}\nstderr:\n{}",
-                        self.stdout.join("\n"),
-                        self.stderr()
-                    )
-                }
-            }
+        match self
+            .child
+            .wait_stdout_line(prefix, Instant::now() + timeout)
+        {
+            Some(line) => line[prefix.len()..].to_owned(),
+            None => panic!(
+                "no stdout line starting {prefix:?} within {timeout:?}; exit: {:?}\nstdout so \
+                 far:\n{}\nstderr:\n{}",
+                self.child.try_wait(),
+                self.stdout().join("\n"),
+                self.stderr()
+            ),
         }
     }
 
     /// Waits for the exit and the rest of stdout.
     fn finish(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(s) = self.child.try_wait().expect("try_wait") {
-                break s;
-            }
-            assert!(
-                Instant::now() < deadline,
+        let status = self.child.wait_timeout(timeout).unwrap_or_else(|| {
+            panic!(
                 "meshlab did not exit within {timeout:?}\nstdout:\n{}\nstderr:\n{}",
-                self.stdout.join("\n"),
+                self.stdout().join("\n"),
                 self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
-            self.stdout.push(line);
-        }
+            )
+        });
+        self.child
+            .wait_stdout_closed(Instant::now() + Duration::from_secs(2));
         status
     }
 
     fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, sig);
-        }
+        self.child.signal(sig);
     }
 
     /// The last stdout line, parsed as the JSON summary.
     fn summary(&self) -> serde_json::Value {
-        let last = self.stdout.last().cloned().unwrap_or_default();
+        let last = self.stdout().last().cloned().unwrap_or_default();
         serde_json::from_str(&last).unwrap_or_else(|e| {
             panic!(
                 "the last stdout line is not the JSON summary ({e}): {last}\nstderr:\n{}",
@@ -233,8 +195,7 @@ impl Meshlab {
 
 impl Drop for Meshlab {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // meshlab itself is SIGKILLed when `self.child` drops.
         if std::thread::panicking() {
             eprintln!("---- meshlab stderr ----\n{}", self.stderr());
         }

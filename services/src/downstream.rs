@@ -12,6 +12,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderName, Method};
+use mesh_proto::headers::{self, X_MESH_DEADLINE_MS};
 use serde::Serialize;
 
 use crate::metrics::CallResult;
@@ -28,7 +29,7 @@ pub const FORWARDED_HEADERS: [HeaderName; 4] = [
     HeaderName::from_static("traceparent"),
     HeaderName::from_static("tracestate"),
     HeaderName::from_static("x-request-id"),
-    HeaderName::from_static("x-mesh-deadline-ms"),
+    X_MESH_DEADLINE_MS,
 ];
 
 /// Builds the HTTP client that sends every request to `http://{sidecar}` as a proxy.
@@ -50,13 +51,15 @@ pub fn client(sidecar: &str) -> reqwest::Result<reqwest::Client> {
 pub fn forwarded_headers(incoming: &HeaderMap, elapsed: Duration) -> HeaderMap {
     let mut out = HeaderMap::new(); // does not allocate until the first insert
     for name in &FORWARDED_HEADERS {
-        if name == "x-mesh-deadline-ms" {
+        if *name == X_MESH_DEADLINE_MS {
             let left = incoming
                 .get(name)
-                .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
-            if let Some(ms) = left {
-                let spent = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
-                out.insert(name.clone(), ms.saturating_sub(spent).into());
+                .and_then(|v| headers::parse_deadline(v.as_bytes()));
+            if let Some(left) = left {
+                out.insert(
+                    name.clone(),
+                    headers::deadline_value(left.saturating_sub(elapsed)),
+                );
             }
             continue;
         }

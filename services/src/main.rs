@@ -2,7 +2,7 @@
 //! service itself lives in the `services` library.
 
 use std::future::Future;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
@@ -56,16 +56,7 @@ async fn serve(config: Config, listen: std::net::SocketAddr) -> anyhow::Result<(
         .await
         .with_context(|| format!("binding --listen {listen}"))?;
     let addr = listener.local_addr().context("reading the bound address")?;
-    {
-        let mut stdout = std::io::stdout().lock();
-        writeln!(
-            stdout,
-            "LISTENING {}",
-            serde_json::json!({ "app": addr.to_string() })
-        )
-        .and_then(|()| stdout.flush())
-        .context("writing the LISTENING line")?;
-    }
+    mesh_proto::listening::announce([("app", addr)]).context("writing the LISTENING line")?;
     tracing::info!(%addr, "listening");
     services::run(listener, state, shutdown_signal()?)
         .await

@@ -82,6 +82,7 @@ fn main() {
         http_proxy_service_with_name(&server.configuration, Bare { upstream, timeouts }, "bare");
     svc.add_tcp(&listen);
     server.add_service(svc);
-    println!("LISTENING {{\"proxy\":\"{listen}\"}}");
+    let addr: std::net::SocketAddr = listen.parse().unwrap_or_else(|_| usage());
+    mesh_proto::listening::announce([("proxy", addr)]).expect("printing the LISTENING line");
     server.run_forever()
 }

@@ -43,11 +43,11 @@ pub struct Args {
     pub admin: SocketAddr,
 
     /// How often to poll the control plane (or stat the table file), e.g. 1s, 500ms.
-    #[arg(long, env = "MESH_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "MESH_POLL_INTERVAL", default_value = "1s", value_parser = mesh_proto::duration::parse_positive)]
     pub poll_interval: Duration,
 
     /// How often to re-resolve DNS endpoints.
-    #[arg(long, env = "MESH_DNS_REFRESH", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "MESH_DNS_REFRESH", default_value = "5s", value_parser = mesh_proto::duration::parse_positive)]
     pub dns_refresh: Duration,
 
     /// Worker threads per proxy listener.
@@ -124,9 +124,4 @@ pub enum Switch {
 pub enum LogFormat {
     Text,
     Json,
-}
-
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("{s:?} is not a duration like 500ms or 2s: {e}"))
 }

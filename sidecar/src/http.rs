@@ -13,36 +13,19 @@ use http::header::{self, HeaderName, HeaderValue};
 use pingora_core::protocols::http::authority::{raw_target_authority, RawTargetAuthority};
 use pingora_http::{RequestHeader, ResponseHeader};
 
-/// The remaining time of the caller's deadline, in whole milliseconds, sent to the next hop.
-pub static X_MESH_DEADLINE_MS: HeaderName = HeaderName::from_static("x-mesh-deadline-ms");
-/// How many tries the outbound side made for a response.
-pub static X_MESH_ATTEMPTS: HeaderName = HeaderName::from_static("x-mesh-attempts");
-/// The endpoint that answered.
-pub static X_MESH_UPSTREAM: HeaderName = HeaderName::from_static("x-mesh-upstream");
-/// Set when a hedged try answered.
-pub static X_MESH_HEDGED: HeaderName = HeaderName::from_static("x-mesh-hedged");
-/// Why the sidecar answered itself.
-pub static X_MESH_ERROR: HeaderName = HeaderName::from_static("x-mesh-error");
+pub use mesh_proto::headers::{
+    deadline_value, X_MESH_ATTEMPTS, X_MESH_DEADLINE_MS, X_MESH_ERROR, X_MESH_HEDGED,
+    X_MESH_UPSTREAM,
+};
+
 /// RFC 9209.
 pub static PROXY_STATUS: HeaderName = HeaderName::from_static("proxy-status");
 /// W3C trace context.
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
-/// The `x-mesh-deadline-ms` value for `left`: formatted straight into the header value's own
-/// buffer (one allocation, not a `String` and then a copy).
-pub fn deadline_value(left: Duration) -> HeaderValue {
-    HeaderValue::from(u64::try_from(left.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// Parses `x-mesh-deadline-ms`.
 pub fn caller_deadline(req: &RequestHeader) -> Option<Duration> {
-    let v = req.headers.get(&X_MESH_DEADLINE_MS)?;
-    std::str::from_utf8(v.as_bytes())
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_millis)
+    mesh_proto::headers::parse_deadline(req.headers.get(X_MESH_DEADLINE_MS)?.as_bytes())
 }
 
 /// The host part of the request's authority: the absolute-form target's, else the Host header's.

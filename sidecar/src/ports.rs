@@ -94,14 +94,8 @@ impl BackgroundService for Announcer {
             tracing::debug!(listener = name, %addr, "accepting");
         }
         self.up.store(true, Ordering::Release);
-        let json: serde_json::Map<String, serde_json::Value> = self
-            .listeners
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string().into()))
-            .collect();
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "LISTENING {}", serde_json::Value::Object(json));
-        let _ = out.flush();
+        if let Err(e) = mesh_proto::listening::announce(self.listeners.iter().copied()) {
+            tracing::warn!("cannot print the LISTENING line on stdout: {e}");
+        }
     }
 }

@@ -92,14 +92,9 @@ impl Reason {
     }
 }
 
-/// `x-mesh-attempts` values without formatting for the usual counts.
-pub fn attempts_value(n: u32) -> http::HeaderValue {
-    const SMALL: [&str; 11] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10"];
-    match SMALL.get(n as usize) {
-        Some(s) => http::HeaderValue::from_static(s),
-        None => http::HeaderValue::from(n),
-    }
-}
+/// `x-mesh-attempts` values without formatting for the usual counts (the encoding is
+/// `mesh_proto`'s; re-exported for the request paths that take it from here).
+pub use mesh_proto::headers::attempts_value;
 
 /// Writes one of the sidecar's own answers on a client connection.
 ///
@@ -144,7 +139,7 @@ pub fn response(
     // Building a header from static names and ASCII values cannot fail.
     let _ = h.insert_header("content-type", "text/plain; charset=utf-8");
     let _ = h.insert_header("content-length", body.len().to_string());
-    let _ = h.insert_header(X_MESH_ERROR.clone(), reason.token());
+    let _ = h.insert_header(X_MESH_ERROR, reason.token());
     let _ = h.insert_header(
         PROXY_STATUS.clone(),
         format!(
@@ -154,7 +149,7 @@ pub fn response(
         ),
     );
     if attempts > 0 {
-        let _ = h.insert_header(X_MESH_ATTEMPTS.clone(), attempts_value(attempts));
+        let _ = h.insert_header(X_MESH_ATTEMPTS, attempts_value(attempts));
     }
     (h, body)
 }

@@ -4,17 +4,22 @@
 //!   (`make test` builds every binary first: `cargo build --workspace --bins`);
 //! - [`Proc`] starts one, reads its `LISTENING {json}` line for the ports it bound (every test
 //!   passes port 0), keeps its stderr in a file for failure messages, and kills it on drop;
-//!   children also die with the test process (`PR_SET_PDEATHSIG`);
+//!   children also die with the test process (`PR_SET_PDEATHSIG`). The process handling is
+//!   `mesh_proto::supervise`, the lab's own;
 //! - [`http`] is a tiny blocking HTTP/1.1 client for readiness checks and admin calls;
 //! - [`wait_until`] polls a condition with a deadline instead of sleeping a fixed time.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
+
+use mesh_proto::listening::Listening;
+use mesh_proto::supervise::{Child, Options};
+
+/// How long a binary gets to print its `LISTENING` line.
+const LISTENING_WITHIN: Duration = Duration::from_secs(60);
 
 /// Path of a workspace binary built next to the running test.
 pub fn bin(name: &str) -> PathBuf {
@@ -37,8 +42,8 @@ pub fn bin(name: &str) -> PathBuf {
 pub struct Proc {
     pub name: String,
     child: Option<Child>,
-    /// The JSON object of the `LISTENING` line.
-    pub listening: serde_json::Value,
+    /// The listeners of its `LISTENING` line (empty until it is read).
+    pub listening: Listening,
     stderr_path: PathBuf,
 }
 
@@ -53,13 +58,10 @@ impl Proc {
     /// Starts a prepared command (for env vars or other programs) and waits for `LISTENING`.
     pub fn start_with(cmd: &mut Command, name: &str) -> Proc {
         let mut p = Proc::spawn(cmd, name);
-        let line = p.wait_for_stdout_line("LISTENING ", Duration::from_secs(60));
-        p.listening = serde_json::from_str(&line).unwrap_or_else(|e| {
-            panic!(
-                "{name}: LISTENING line is not JSON ({e}): {line}\nstderr:\n{}",
-                p.stderr()
-            )
-        });
+        p.listening = p
+            .child()
+            .wait_listening(Instant::now() + LISTENING_WITHIN)
+            .unwrap_or_else(|e| panic!("{e}"));
         p
     }
 
@@ -71,76 +73,29 @@ impl Proc {
             std::process::id(),
             name
         ));
-        let stderr = std::fs::File::create(&stderr_path).expect("create stderr file");
-        cmd.stdout(Stdio::piped())
-            .stderr(stderr)
-            .stdin(Stdio::null());
-        // SAFETY: prctl is async-signal-safe; it only sets a flag on the child.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let child =
+            Child::spawn(name, cmd, &Options::new(&stderr_path)).unwrap_or_else(|e| panic!("{e}"));
         Proc {
             name: name.to_owned(),
             child: Some(child),
-            listening: serde_json::Value::Null,
+            listening: Listening::default(),
             stderr_path,
         }
     }
 
-    /// Reads stdout until a line starting with `prefix`; returns the rest of that line.
-    /// The remaining stdout is drained in the background so the child never blocks on it.
-    pub fn wait_for_stdout_line(&mut self, prefix: &str, timeout: Duration) -> String {
-        let stdout = self
-            .child
-            .as_mut()
-            .and_then(|c| c.stdout.take())
-            .expect("stdout is read once");
-        let (tx, rx) = mpsc::channel();
-        let prefix = prefix.to_owned();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let mut sent = false;
-            for line in lines.by_ref() {
-                let Ok(line) = line else { break };
-                if !sent {
-                    if let Some(rest) = line.strip_prefix(&prefix) {
-                        let _ = tx.send(rest.to_owned());
-                        sent = true;
-                    }
-                }
-            }
-        });
-        match rx.recv_timeout(timeout) {
-            Ok(line) => line,
-            Err(_) => {
-                let exit = self.try_wait();
-                panic!(
-                    "{}: no stdout line starting {:?} within {:?}; exit: {:?}\nstderr:\n{}",
-                    self.name,
-                    "LISTENING",
-                    timeout,
-                    exit,
-                    self.stderr()
-                )
-            }
-        }
+    fn child(&self) -> &Child {
+        self.child.as_ref().expect("the process was killed")
     }
 
     /// A socket address from the `LISTENING` line.
     pub fn addr(&self, key: &str) -> SocketAddr {
-        self.listening[key]
-            .as_str()
-            .unwrap_or_else(|| panic!("{}: no {key:?} in LISTENING {}", self.name, self.listening))
-            .parse()
-            .expect("LISTENING addresses are socket addresses")
+        self.listening
+            .addr(key)
+            .unwrap_or_else(|e| panic!("{}: {e}", self.name))
     }
 
     pub fn pid(&self) -> i32 {
-        self.child.as_ref().expect("running").id() as i32
+        self.child().pid() as i32
     }
 
     /// What the process wrote to stderr so far.
@@ -149,38 +104,23 @@ impl Proc {
     }
 
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
+        self.child.as_ref().and_then(Child::try_wait)
     }
 
-    /// Sends a signal (e.g. `libc::SIGTERM`).
+    /// Sends a signal (e.g. `libc::SIGTERM`), unless the process has exited and been reaped.
     pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(self.pid(), sig);
-        }
+        self.child().signal(sig);
     }
 
     /// Waits up to `timeout` for the process to exit.
     pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.try_wait() {
-                return Some(s);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.child().wait_timeout(timeout)
     }
 
     /// Kills the process at once (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(c) = self.child.take() {
+            c.kill();
         }
     }
 }

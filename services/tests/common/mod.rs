@@ -2,13 +2,15 @@
 //! (a plain HTTP proxy that answers by itself), and an HTTP client that never uses a proxy.
 #![allow(dead_code)] // each test file uses a different subset
 
-use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
-use std::thread::JoinHandle;
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mesh_proto::listening::PREFIX;
+use mesh_proto::supervise::{Child, Options};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -25,13 +27,15 @@ pub fn client() -> reqwest::Client {
         .expect("building the test client")
 }
 
-/// A running `mesh-service` binary; killed (if still running) when dropped.
+/// A running `mesh-service` binary (`mesh_proto::supervise`); killed (if still running) when
+/// dropped.
 pub struct Service {
     child: Child,
     pub addr: SocketAddr,
-    stdout: Option<JoinHandle<Vec<String>>>,
-    stderr: Arc<Mutex<String>>,
+    stderr_path: PathBuf,
 }
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 impl Service {
     /// Starts the binary with `--listen 127.0.0.1:0` plus `args`, waits for its LISTENING line,
@@ -46,76 +50,34 @@ impl Service {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mesh-service"));
         cmd.args(["--listen", "127.0.0.1:0"])
             .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("MESH_") {
-                cmd.env_remove(key);
-            }
-        }
-        let mut child = cmd.spawn().expect("spawning mesh-service");
-
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut err_pipe = child.stderr.take().expect("stderr is piped");
-        let sink = Arc::clone(&stderr);
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err_pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .expect("stderr buffer")
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-
-        let (first_tx, first_rx) = mpsc::channel::<String>();
-        let out_pipe = child.stdout.take().expect("stdout is piped");
-        let stdout = std::thread::spawn(move || {
-            let mut lines = Vec::new();
-            for line in BufReader::new(out_pipe).lines() {
-                let Ok(line) = line else { break };
-                if lines.is_empty() {
-                    let _ = first_tx.send(line.clone());
-                }
-                lines.push(line);
-            }
-            lines
-        });
-
-        let mut service = Service {
-            child,
-            addr: "0.0.0.0:0".parse().expect("placeholder address"),
-            stdout: Some(stdout),
-            stderr,
-        };
-        let line = match first_rx.recv_timeout(WAIT) {
-            Ok(line) => line,
-            Err(e) => panic!(
-                "no LISTENING line from mesh-service ({e}); stderr:\n{}",
-                service.stderr()
-            ),
-        };
-        let json = line.strip_prefix("LISTENING ").unwrap_or_else(|| {
-            panic!("first stdout line should start with `LISTENING `, got {line:?}")
-        });
-        let value: serde_json::Value = serde_json::from_str(json)
-            .unwrap_or_else(|e| panic!("LISTENING payload {json:?} is not JSON: {e}"));
-        let app = value["app"]
-            .as_str()
-            .unwrap_or_else(|| panic!("LISTENING payload {json:?} lacks a string \"app\""));
-        service.addr = app
-            .parse()
-            .unwrap_or_else(|e| panic!("\"app\" = {app:?} is not an address: {e}"));
+            .env("RUST_LOG", "info");
+        let stderr_path = std::env::temp_dir().join(format!(
+            "mesh-service-test-{}-{}.stderr",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let options = Options::new(&stderr_path).keep_stdout().scrub_env();
+        let child =
+            Child::spawn("mesh-service", &mut cmd, &options).unwrap_or_else(|e| panic!("{e}"));
+        let listening = child
+            .wait_listening(Instant::now() + WAIT)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let first = child.stdout_lines().into_iter().next().unwrap_or_default();
+        assert!(
+            first.starts_with(PREFIX),
+            "the first stdout line should be the LISTENING line, got {first:?}"
+        );
+        let addr = listening.addr("app").unwrap_or_else(|e| panic!("{e}"));
         assert_ne!(
-            service.addr.port(),
+            addr.port(),
             0,
             "the LISTENING line must carry the real port"
         );
-        service
+        Service {
+            child,
+            addr,
+            stderr_path,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -123,19 +85,19 @@ impl Service {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.pid()
     }
 
     /// Everything the process wrote to stderr so far.
     pub fn stderr(&self) -> String {
-        self.stderr.lock().expect("stderr buffer").clone()
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
     async fn wait_healthy(&mut self) {
         let client = client();
         let deadline = Instant::now() + WAIT;
         loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Some(status) = self.child.try_wait() {
                 panic!(
                     "mesh-service exited with {status} before becoming healthy; stderr:\n{}",
                     self.stderr()
@@ -159,12 +121,8 @@ impl Service {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
-        // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
-        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(
-            rc,
-            0,
+        assert!(
+            self.child.signal(libc::SIGTERM),
             "kill(SIGTERM) failed: {}",
             std::io::Error::last_os_error()
         );
@@ -174,7 +132,7 @@ impl Service {
     pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         let deadline = Instant::now() + limit;
         loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
+            if let Some(status) = self.child.try_wait() {
                 return status;
             }
             assert!(
@@ -188,25 +146,23 @@ impl Service {
 
     /// Whether the process is still running.
     pub fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.child.try_wait().is_none()
     }
 
     /// All stdout lines; call after the process exited.
     pub fn stdout_lines(&mut self) -> Vec<String> {
-        self.stdout
-            .take()
-            .expect("stdout_lines is called once")
-            .join()
-            .expect("stdout reader thread")
+        assert!(
+            self.child.wait_stdout_closed(Instant::now() + WAIT),
+            "mesh-service's stdout is still open"
+        );
+        self.child.stdout_lines()
     }
 }
 
 impl Drop for Service {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
+        // The child itself is SIGKILLed when `self.child` drops.
+        let _ = std::fs::remove_file(&self.stderr_path);
     }
 }
 
