@@ -18,26 +18,37 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 
+/// The names as `&'static str`, for APIs that take a name as a string: Pingora's
+/// `insert_header` keeps a `&'static str` as it is, where a [`HeaderName`] is copied first.
+pub mod names {
+    pub const DEADLINE_MS: &str = "x-mesh-deadline-ms";
+    pub const ATTEMPTS: &str = "x-mesh-attempts";
+    pub const UPSTREAM: &str = "x-mesh-upstream";
+    pub const HEDGED: &str = "x-mesh-hedged";
+    pub const ERROR: &str = "x-mesh-error";
+    pub const MIRROR: &str = "x-mesh-mirror";
+}
+
 /// The time the caller will still wait for the answer, in whole milliseconds; each hop sends
 /// the next one what is left ([`deadline_value`], [`parse_deadline`]).
-pub const X_MESH_DEADLINE_MS: HeaderName = HeaderName::from_static("x-mesh-deadline-ms");
+pub const X_MESH_DEADLINE_MS: HeaderName = HeaderName::from_static(names::DEADLINE_MS);
 
 /// How many tries the outbound sidecar made for a response ([`attempts_value`]).
-pub const X_MESH_ATTEMPTS: HeaderName = HeaderName::from_static("x-mesh-attempts");
+pub const X_MESH_ATTEMPTS: HeaderName = HeaderName::from_static(names::ATTEMPTS);
 
 /// The endpoint (`IP:PORT`) whose answer this is.
-pub const X_MESH_UPSTREAM: HeaderName = HeaderName::from_static("x-mesh-upstream");
+pub const X_MESH_UPSTREAM: HeaderName = HeaderName::from_static(names::UPSTREAM);
 
 /// `1` on a response to a request that was hedged (a second try sent while the first was
 /// still waiting).
-pub const X_MESH_HEDGED: HeaderName = HeaderName::from_static("x-mesh-hedged");
+pub const X_MESH_HEDGED: HeaderName = HeaderName::from_static(names::HEDGED);
 
 /// On a response the sidecar made itself: why, as one reason token (the README's table).
-pub const X_MESH_ERROR: HeaderName = HeaderName::from_static("x-mesh-error");
+pub const X_MESH_ERROR: HeaderName = HeaderName::from_static(names::ERROR);
 
 /// Reserved for a mirrored (shadow) copy of a request, so its receiver can tell it from live
 /// traffic; nothing sends it yet.
-pub const X_MESH_MIRROR: HeaderName = HeaderName::from_static("x-mesh-mirror");
+pub const X_MESH_MIRROR: HeaderName = HeaderName::from_static(names::MIRROR);
 
 /// The `x-mesh-deadline-ms` value for `left`: whole milliseconds (rounded down), formatted
 /// straight into the value's own buffer (one allocation, no `String` and copy).

@@ -11,7 +11,8 @@ use pingora_core::protocols::http::v1::server::HttpSession;
 use pingora_error::ErrorType;
 use pingora_http::ResponseHeader;
 
-use crate::http::{PROXY_STATUS, X_MESH_ATTEMPTS, X_MESH_ERROR};
+use crate::http::PROXY_STATUS;
+use mesh_proto::headers::names;
 
 /// Why the sidecar answered instead of an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,7 +140,7 @@ pub fn response(
     // Building a header from static names and ASCII values cannot fail.
     let _ = h.insert_header("content-type", "text/plain; charset=utf-8");
     let _ = h.insert_header("content-length", body.len().to_string());
-    let _ = h.insert_header(X_MESH_ERROR, reason.token());
+    let _ = h.insert_header(names::ERROR, reason.token());
     let _ = h.insert_header(
         PROXY_STATUS.clone(),
         format!(
@@ -149,7 +150,7 @@ pub fn response(
         ),
     );
     if attempts > 0 {
-        let _ = h.insert_header(X_MESH_ATTEMPTS, attempts_value(attempts));
+        let _ = h.insert_header(names::ATTEMPTS, attempts_value(attempts));
     }
     (h, body)
 }

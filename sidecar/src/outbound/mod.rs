@@ -27,7 +27,7 @@ use rand::Rng;
 use crate::balancer::with_rng;
 use crate::conn::Handler;
 use crate::forward::{self, Forwarded, ReqBody};
-use crate::http::{self as h, X_MESH_ATTEMPTS, X_MESH_DEADLINE_MS, X_MESH_UPSTREAM};
+use crate::http::{self as h};
 use crate::limits::Permit;
 use crate::metrics::{RouteMetrics, TimeoutKind};
 use crate::reason::{self, Reason};
@@ -35,6 +35,7 @@ use crate::routes::{Mesh, ServiceRoute};
 use crate::trace::{self, ReqTrace};
 use crate::upstream::Upstreams;
 use attempt::{Ended, Failed, Limits, Source, Try};
+use mesh_proto::headers::names;
 
 /// A try's time limits when `remaining` is left of the request's deadline.
 fn limits(route: &ServiceRoute, remaining: Duration) -> Limits {
@@ -100,7 +101,7 @@ fn upstream_copy(
 ) -> RequestHeader {
     let mut r = h::upstream_copy(base);
     let left = deadline.saturating_duration_since(Instant::now());
-    let _ = r.insert_header(X_MESH_DEADLINE_MS.clone(), h::deadline_value(left));
+    let _ = r.insert_header(names::DEADLINE_MS, h::deadline_value(left));
     if let Some(tp) = traceparent {
         let _ = r.insert_header(h::TRACEPARENT.clone(), tp);
     }
@@ -416,11 +417,12 @@ impl Outbound {
             .expect("a response header was read")
             .clone();
         h::strip_response_hop_by_hop(&mut resp);
-        // Which try answered and where: cached header values, no formatting per response.
-        let _ = resp.insert_header(X_MESH_ATTEMPTS.clone(), reason::attempts_value(attempts));
-        let _ = resp.insert_header(X_MESH_UPSTREAM.clone(), upstream);
+        // Which try answered and where: cached header values, no formatting per response;
+        // names as `&'static str`, which Pingora keeps without a copy.
+        let _ = resp.insert_header(names::ATTEMPTS, reason::attempts_value(attempts));
+        let _ = resp.insert_header(names::UPSTREAM, upstream);
         if hedged {
-            let _ = resp.insert_header(h::X_MESH_HEDGED.clone(), "1");
+            let _ = resp.insert_header(names::HEDGED, "1");
         }
         resp
     }
