@@ -27,7 +27,7 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use serde_json::json;
 
-use crate::routes::Mesh;
+use crate::state::Mesh;
 
 #[derive(Clone)]
 pub struct AdminState {

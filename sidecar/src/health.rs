@@ -17,7 +17,7 @@ use pingora_core::services::background::BackgroundService;
 use pingora_load_balancing::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora_load_balancing::Backend;
 
-use crate::routes::Mesh;
+use crate::state::Mesh;
 
 /// How often the checker looks for services whose interval has come.
 const TICK: Duration = Duration::from_millis(20);

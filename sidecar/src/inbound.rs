@@ -19,7 +19,7 @@ use crate::metrics::{RouteMetrics, TimeoutKind};
 use crate::outbound::attempt::{self, Ended, Failed, Limits, Source};
 use crate::outbound::log_trace_id;
 use crate::reason::{self, Reason};
-use crate::routes::Mesh;
+use crate::state::Mesh;
 use crate::trace::{self, ReqTrace};
 use crate::upstream::Upstreams;
 

@@ -7,7 +7,8 @@
 //!
 //! Layout:
 //! - `config`: command-line flags and environment variables;
-//! - `routes`: the active routing table compiled for serving, swapped atomically as a whole;
+//! - `state`: the shared mesh state: the active routing table compiled for serving (swapped
+//!   atomically as a whole) and the status of the table source;
 //! - `balancer`: endpoint discovery (static lists, DNS) and selection per service, on
 //!   `mesh_policy::select`;
 //! - `source`: where tables come from (control-plane poller, or a file) and the status of the
@@ -42,8 +43,8 @@ pub mod metrics;
 pub mod outbound;
 pub mod ports;
 pub mod reason;
-pub mod routes;
 pub mod source;
+pub mod state;
 pub mod trace;
 pub mod tunnel;
 pub mod upstream;

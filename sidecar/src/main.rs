@@ -18,8 +18,8 @@ use sidecar::inbound::Inbound;
 use sidecar::metrics::Metrics;
 use sidecar::outbound::Outbound;
 use sidecar::ports::{reserve, Announcer};
-use sidecar::routes::Mesh;
 use sidecar::source::{Origin, TableSource};
+use sidecar::state::Mesh;
 use sidecar::tunnel::{Side, Tunnel};
 use sidecar::upstream::{PoolSweeper, Upstreams};
 

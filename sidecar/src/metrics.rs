@@ -11,7 +11,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::routes::Mesh;
+use crate::state::Mesh;
 use mesh_policy::retry::Refusal;
 
 /// Request-duration buckets: 0.5 ms to 10 s.

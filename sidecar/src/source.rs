@@ -14,7 +14,7 @@ use mesh_table::Table;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 
-use crate::routes::{Mesh, Routes};
+use crate::state::{Mesh, Routes};
 
 /// Where tables come from.
 #[derive(Debug, Clone)]

@@ -18,7 +18,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::http as h;
 use crate::reason::{self, Reason};
-use crate::routes::{Mesh, ServiceRoute};
+use crate::state::{Mesh, ServiceRoute};
 
 /// Where upgraded connections go.
 pub enum Side {

@@ -18,7 +18,7 @@ use crate::balancer::Chosen;
 use crate::balancer::InFlightGuard;
 use crate::forward::{self, BodyError, ReqBody};
 use crate::reason::Reason;
-use crate::routes::ServiceRoute;
+use crate::state::ServiceRoute;
 use crate::trace::{self, ReqTrace};
 use crate::upstream::{Conn, ConnectError, Upstreams};
 use mesh_policy::retry::Outcome;

@@ -17,7 +17,7 @@ use super::upstream_copy;
 use crate::forward::ReqBody;
 use crate::metrics::RetryReason;
 use crate::reason::Reason;
-use crate::routes::ServiceRoute;
+use crate::state::ServiceRoute;
 use crate::trace::ReqTrace;
 use crate::upstream::{Conn, Upstreams};
 use mesh_policy::retry::is_idempotent;

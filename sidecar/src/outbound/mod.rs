@@ -31,7 +31,7 @@ use crate::http::{self as h, X_MESH_ATTEMPTS, X_MESH_DEADLINE_MS, X_MESH_UPSTREA
 use crate::limits::Permit;
 use crate::metrics::{RouteMetrics, TimeoutKind};
 use crate::reason::{self, Reason};
-use crate::routes::{Mesh, ServiceRoute};
+use crate::state::{Mesh, ServiceRoute};
 use crate::trace::{self, ReqTrace};
 use crate::upstream::Upstreams;
 use attempt::{Ended, Failed, Limits, Source, Try};

@@ -1,4 +1,5 @@
-//! The active routing table, compiled for serving.
+//! The sidecar's shared state: the active routing table compiled for serving ([`Routes`], one
+//! [`ServiceRoute`] per service) and where it came from ([`SourceStatus`]), both held by [`Mesh`].
 //!
 //! A [`Routes`] value is immutable: a new table builds a whole new one (balancers included,
 //! endpoints discovered before it is published) and [`Mesh`] swaps it in with one atomic store.
