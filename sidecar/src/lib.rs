@@ -9,8 +9,8 @@
 //! - `config`: command-line flags and environment variables;
 //! - `state`: the shared mesh state: the active routing table compiled for serving (swapped
 //!   atomically as a whole) and the status of the table source;
-//! - `balancer`: endpoint discovery (static lists, DNS) and selection per service, on
-//!   `mesh_policy::select`;
+//! - `endpoints`: per upstream service, `discovery` (static lists, DNS) and the `balancer`
+//!   (selection on `mesh_policy::select`, skipping endpoints their breakers ejected);
 //! - `source`: where tables come from (control-plane poller, or a file) and the status of the
 //!   last fetch;
 //! - `conn`: the request loop of one client connection (pingora-core's HTTP/1 session), shared
@@ -31,9 +31,9 @@
 //! - `trace`: the spans of both hops and the `traceparent` each sends on (OpenTelemetry).
 
 pub mod admin;
-pub mod balancer;
 pub mod config;
 pub mod conn;
+pub mod endpoints;
 pub mod forward;
 pub mod health;
 pub mod http;

@@ -13,7 +13,7 @@ use arc_swap::ArcSwapOption;
 use mesh_table::Table;
 use serde::Serialize;
 
-use crate::balancer::Balancer;
+use crate::endpoints::balancer::Balancer;
 use crate::limits::ConcurrencyLimit;
 use crate::metrics::{Metrics, RouteMetrics};
 use mesh_policy::retry::{Refusal, RetryBudget};

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use opentelemetry_sdk::trace::Span as SdkSpan;
 use pingora_http::RequestHeader;
 
-use crate::balancer::Chosen;
-use crate::balancer::InFlightGuard;
+use crate::endpoints::balancer::Chosen;
+use crate::endpoints::balancer::InFlightGuard;
 use crate::forward::{self, BodyError, ReqBody};
 use crate::reason::Reason;
 use crate::state::ServiceRoute;

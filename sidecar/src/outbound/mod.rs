@@ -24,8 +24,8 @@ use pingora_core::protocols::http::v1::server::HttpSession;
 use pingora_http::{RequestHeader, ResponseHeader};
 use rand::Rng;
 
-use crate::balancer::with_rng;
 use crate::conn::Handler;
+use crate::endpoints::balancer::with_rng;
 use crate::forward::{self, Forwarded, ReqBody};
 use crate::http::{self as h, X_MESH_ATTEMPTS, X_MESH_DEADLINE_MS, X_MESH_UPSTREAM};
 use crate::limits::Permit;
