@@ -9,8 +9,9 @@
 //! - `config`: command-line flags and environment variables;
 //! - `state`: the shared mesh state: the active routing table compiled for serving (swapped
 //!   atomically as a whole) and the status of the table source;
-//! - `endpoints`: per upstream service, `discovery` (static lists, DNS) and the `balancer`
-//!   (selection on `mesh_policy::select`, skipping endpoints their breakers ejected);
+//! - `endpoints`: per upstream service, `discovery` (static lists, DNS), the `balancer`
+//!   (selection on `mesh_policy::select`, skipping endpoints their breakers ejected) and the
+//!   active `health` checks;
 //! - `source`: where tables come from (control-plane poller, or a file) and the status of the
 //!   last fetch;
 //! - `conn`: the request loop of one client connection (pingora-core's HTTP/1 session), shared
@@ -24,7 +25,6 @@
 //! - `limits`: the per-service concurrency limit, which waits for a slot on tokio's semaphore;
 //!   the other policies are pure state machines in `mesh_policy`: `retry` (decision, backoff,
 //!   budget), `breaker` (per-endpoint ejection), `select` (endpoint selection);
-//! - `health`: active health checks;
 //! - `metrics`: the Prometheus families, resolved per route so the hot path only touches atomics;
 //! - `admin`: the admin HTTP server;
 //! - `ports`: binding listeners on port 0 and announcing the real ports;
@@ -35,7 +35,6 @@ pub mod config;
 pub mod conn;
 pub mod endpoints;
 pub mod forward;
-pub mod health;
 pub mod http;
 pub mod inbound;
 pub mod limits;

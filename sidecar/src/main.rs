@@ -13,7 +13,7 @@ use pingora_proxy::http_proxy;
 use sidecar::admin::{AdminService, AdminState};
 use sidecar::config::{Args, LogFormat, Switch};
 use sidecar::conn::Listener;
-use sidecar::health::HealthChecker;
+use sidecar::endpoints::health::HealthChecker;
 use sidecar::inbound::Inbound;
 use sidecar::metrics::Metrics;
 use sidecar::outbound::Outbound;

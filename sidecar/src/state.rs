@@ -86,7 +86,7 @@ impl Routes {
                 health: svc
                     .health_check
                     .as_ref()
-                    .map(|h| crate::health::checker(name, h)),
+                    .map(|h| crate::endpoints::health::checker(name, h)),
                 metrics: mesh.metrics.route("outbound", &mesh.service, name),
             });
             if route.balancer.is_dynamic() {
