@@ -12,8 +12,8 @@
 //! - `endpoints`: per upstream service, `discovery` (static lists, DNS), the `balancer`
 //!   (selection on `mesh_policy::select`, skipping endpoints their breakers ejected) and the
 //!   active `health` checks;
-//! - `source`: where tables come from (control-plane poller, or a file) and the status of the
-//!   last fetch;
+//! - `control`: the table `source` (control-plane poller, or a file) that installs new routes,
+//!   the `admin` HTTP server, and the listening `ports` (port 0, the `LISTENING` line);
 //! - `conn`: the request loop of one client connection (pingora-core's HTTP/1 session), shared
 //!   by both listeners; upgrades are handed to `tunnel` (pingora-proxy);
 //! - `outbound` (`attempt`, `hedge`) / `inbound`: what each listener does with a request: the
@@ -26,13 +26,11 @@
 //!   the other policies are pure state machines in `mesh_policy`: `retry` (decision, backoff,
 //!   budget), `breaker` (per-endpoint ejection), `select` (endpoint selection);
 //! - `metrics`: the Prometheus families, resolved per route so the hot path only touches atomics;
-//! - `admin`: the admin HTTP server;
-//! - `ports`: binding listeners on port 0 and announcing the real ports;
 //! - `trace`: the spans of both hops and the `traceparent` each sends on (OpenTelemetry).
 
-pub mod admin;
 pub mod config;
 pub mod conn;
+pub mod control;
 pub mod endpoints;
 pub mod forward;
 pub mod http;
@@ -40,9 +38,7 @@ pub mod inbound;
 pub mod limits;
 pub mod metrics;
 pub mod outbound;
-pub mod ports;
 pub mod reason;
-pub mod source;
 pub mod state;
 pub mod trace;
 pub mod tunnel;

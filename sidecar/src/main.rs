@@ -10,15 +10,15 @@ use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use pingora_proxy::http_proxy;
 
-use sidecar::admin::{AdminService, AdminState};
 use sidecar::config::{Args, LogFormat, Switch};
 use sidecar::conn::Listener;
+use sidecar::control::admin::{AdminService, AdminState};
+use sidecar::control::ports::{reserve, Announcer};
+use sidecar::control::source::{Origin, TableSource};
 use sidecar::endpoints::health::HealthChecker;
 use sidecar::inbound::Inbound;
 use sidecar::metrics::Metrics;
 use sidecar::outbound::Outbound;
-use sidecar::ports::{reserve, Announcer};
-use sidecar::source::{Origin, TableSource};
 use sidecar::state::Mesh;
 use sidecar::tunnel::{Side, Tunnel};
 use sidecar::upstream::{PoolSweeper, Upstreams};
