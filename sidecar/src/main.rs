@@ -17,9 +17,9 @@ use sidecar::control::ports::{reserve, Announcer};
 use sidecar::control::source::{Origin, TableSource};
 use sidecar::endpoints::health::HealthChecker;
 use sidecar::inbound::Inbound;
-use sidecar::metrics::Metrics;
 use sidecar::outbound::Outbound;
 use sidecar::state::Mesh;
+use sidecar::telemetry::metrics::Metrics;
 use sidecar::tunnel::{Side, Tunnel};
 use sidecar::upstream::{PoolSweeper, Upstreams};
 

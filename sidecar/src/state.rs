@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::endpoints::balancer::Balancer;
 use crate::limits::ConcurrencyLimit;
-use crate::metrics::{Metrics, RouteMetrics};
+use crate::telemetry::metrics::{Metrics, RouteMetrics};
 use mesh_policy::retry::{Refusal, RetryBudget};
 use pingora_load_balancing::health_check::HealthCheck;
 

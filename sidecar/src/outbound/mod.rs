@@ -29,10 +29,10 @@ use crate::endpoints::balancer::with_rng;
 use crate::forward::{self, Forwarded, ReqBody};
 use crate::http::{self as h, X_MESH_ATTEMPTS, X_MESH_DEADLINE_MS, X_MESH_UPSTREAM};
 use crate::limits::Permit;
-use crate::metrics::{RouteMetrics, TimeoutKind};
 use crate::reason::{self, Reason};
 use crate::state::{Mesh, ServiceRoute};
-use crate::trace::{self, ReqTrace};
+use crate::telemetry::metrics::{RouteMetrics, TimeoutKind};
+use crate::telemetry::trace::{self, ReqTrace};
 use crate::upstream::Upstreams;
 use attempt::{Ended, Failed, Limits, Source, Try};
 
