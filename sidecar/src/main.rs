@@ -154,7 +154,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         "table source",
         TableSource::new(mesh.clone(), origin, args.poll_interval, args.dns_refresh),
     );
-    let health = background_service("health checks", HealthChecker { mesh: mesh.clone() });
+    let health = background_service("health checks", HealthChecker::new(mesh.clone()));
     let admin = background_service(
         "admin",
         AdminService {

@@ -7,17 +7,18 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use mesh_table::Table;
 use serde::Serialize;
 
 use crate::endpoints::balancer::Balancer;
+use crate::endpoints::health::{self, ServiceHealth};
 use crate::limits::ConcurrencyLimit;
 use crate::telemetry::metrics::{Metrics, RouteMetrics};
 use mesh_policy::retry::{Refusal, RetryBudget};
-use pingora_load_balancing::health_check::HealthCheck;
+use mesh_policy::select::EndpointSet;
 
 /// One service's policy and the state that enforces it.
 pub struct ServiceRoute {
@@ -26,8 +27,8 @@ pub struct ServiceRoute {
     pub balancer: Balancer,
     pub limit: ConcurrencyLimit,
     pub budget: RetryBudget,
-    /// The active health checker, when the table configures one.
-    pub health: Option<Arc<dyn HealthCheck + Send + Sync>>,
+    /// The active health check, when the table configures one.
+    health: Option<ServiceHealth>,
     pub metrics: RouteMetrics,
 }
 
@@ -86,7 +87,7 @@ impl Routes {
                 health: svc
                     .health_check
                     .as_ref()
-                    .map(|h| crate::endpoints::health::checker(name, h)),
+                    .map(|h| ServiceHealth::new(name, h)),
                 metrics: mesh.metrics.route("outbound", &mesh.service, name),
             });
             if route.balancer.is_dynamic() {
@@ -195,6 +196,40 @@ impl Mesh {
 
     pub fn update_status(&self, f: impl FnOnce(&mut SourceStatus)) {
         f(&mut self.status.lock().expect("status lock"));
+    }
+
+    /// The `/metrics` text, with the gauges that mirror this state (the table source, each
+    /// upstream's breakers and endpoints) refreshed first.
+    pub fn render_metrics(&self) -> String {
+        let now = Instant::now();
+        let st = self.status();
+        self.metrics
+            .scrape_source(st.polls, st.poll_errors, st.tables_rejected);
+        if let Some(routes) = self.routes() {
+            self.metrics.scrape_table_version(routes.table.version);
+            for r in routes.services() {
+                self.metrics.scrape_upstream(
+                    &self.service,
+                    &r.name,
+                    &r.balancer.breakers.snapshot(now),
+                    &r.balancer.set(),
+                );
+            }
+        }
+        self.metrics.encode()
+    }
+}
+
+impl health::Targets for Mesh {
+    fn each_checked(&self, f: &mut dyn FnMut(&str, &ServiceHealth, &EndpointSet)) {
+        let Some(routes) = self.routes() else {
+            return;
+        };
+        for route in routes.services() {
+            if let Some(check) = &route.health {
+                f(&route.name, check, &route.balancer.set());
+            }
+        }
     }
 }
 

@@ -202,7 +202,7 @@ async fn metrics(State(s): State<AdminState>) -> Response {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        s.mesh.metrics.render(&s.mesh),
+        s.mesh.render_metrics(),
     )
         .into_response()
 }
