@@ -211,9 +211,9 @@ impl TableSource {
     /// `Balancer::refresh` serialises itself.
     fn refresh_dns(&self) {
         if let Some(routes) = self.mesh.routes() {
-            for r in routes.services().filter(|r| r.balancer.is_dynamic()) {
+            for r in routes.services().filter(|r| r.is_dynamic()) {
                 let r = r.clone();
-                tokio::spawn(async move { r.balancer.refresh().await });
+                tokio::spawn(async move { r.refresh_endpoints().await });
             }
         }
     }

@@ -21,7 +21,7 @@ use rand::SeedableRng;
 use mesh_table::{Endpoints, Lb};
 
 use super::discovery::{DiscoveryStatus, MeshDiscovery};
-use mesh_policy::breaker::{Admission, BreakerConfig, Breakers};
+use mesh_policy::breaker::{Admission, BreakerConfig, Breakers, EndpointSnapshot, Transition};
 use mesh_policy::select::{self, Algorithm, Endpoint, EndpointSet};
 
 /// One service's endpoints, breakers and selection.
@@ -29,7 +29,9 @@ pub struct Balancer {
     discovery: MeshDiscovery,
     algorithm: Algorithm,
     pool: ArcSwap<Pool>,
-    pub breakers: Breakers,
+    /// Crate-visible only while `outbound/attempt.rs` still calls `on_probe_cancelled` on it;
+    /// use [`Balancer::probe_cancelled`] and [`Balancer::report`].
+    pub(crate) breakers: Breakers,
     dynamic: bool,
     /// Held by the refresh in progress: discovery and the set rebuild must not interleave.
     refreshing: tokio::sync::Mutex<()>,
@@ -245,9 +247,32 @@ impl Balancer {
         None
     }
 
-    /// Every current endpoint.
-    pub fn endpoints(&self) -> Vec<SocketAddr> {
-        self.set().endpoints().iter().map(|e| e.addr).collect()
+    /// Tells the endpoint's breaker how a try went (`probe`: the try was the half-open
+    /// breaker's probe); the state change it caused, if any.
+    pub fn report(
+        &self,
+        addr: SocketAddr,
+        now: Instant,
+        failure: bool,
+        probe: bool,
+    ) -> Option<Transition> {
+        self.breakers.on_result(addr, now, failure, probe)
+    }
+
+    /// Hands back a probe whose outcome will never arrive (given up, lost a hedge, the client
+    /// left, or a tunnel that cannot be judged), so the breaker can send another.
+    pub fn probe_cancelled(&self, addr: SocketAddr, now: Instant) {
+        self.breakers.on_probe_cancelled(addr, now);
+    }
+
+    /// Each endpoint's breaker, for the admin port and the metrics.
+    pub fn breaker_snapshot(&self, now: Instant) -> Vec<EndpointSnapshot> {
+        self.breakers.snapshot(now)
+    }
+
+    /// How many endpoints their breakers hold out (open or half-open).
+    pub fn ejected(&self) -> usize {
+        self.breakers.out()
     }
 
     pub fn set(&self) -> Arc<EndpointSet> {
@@ -394,7 +419,7 @@ mod tests {
         let bad: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let t0 = Instant::now();
         for _ in 0..5 {
-            b.breakers.on_result(bad, t0, true, false);
+            b.report(bad, t0, true, false);
         }
         assert!(b.breakers.is_ejected(bad, t0), "five failures eject it");
         for _ in 0..10 {

@@ -141,8 +141,10 @@ pub struct RouteMetrics {
     retries: [IntCounter; 5],
     refusals: [IntCounter; 6],
     timeouts: [IntCounter; 4],
-    pub ejections: IntCounter,
-    pub overflows: IntCounter,
+    ejections: IntCounter,
+    /// Crate-visible only while `outbound/mod.rs` still increments it directly; use
+    /// [`RouteMetrics::overflow`].
+    pub(crate) overflows: IntCounter,
     errors: IntCounterVec,
     labels: [String; 3],
     per_request: bool,
@@ -396,6 +398,16 @@ impl RouteMetrics {
             .zip(&self.refusals)
             .map(|(r, c)| (r.as_str(), c.get()))
             .collect()
+    }
+
+    /// A breaker ejected an endpoint (or ejected it again after a failed probe).
+    pub fn ejection(&self) {
+        self.ejections.inc();
+    }
+
+    /// A request refused at once by the concurrency limit.
+    pub fn overflow(&self) {
+        self.overflows.inc();
     }
 
     pub fn timeout(&self, kind: TimeoutKind) {
