@@ -5,15 +5,11 @@
 //! service's policy from the routing table. Inbound, the sidecar fronts the local app. An admin
 //! port reports readiness, the active table and the endpoints.
 //!
-//! Layout:
+//! Layout (a request flows listener -> route (`state`) -> attempt loop -> upstream):
 //! - `config`: command-line flags and environment variables;
-//! - `state`: the shared mesh state: the active routing table compiled for serving (swapped
-//!   atomically as a whole) and the status of the table source;
-//! - `endpoints`: per upstream service, `discovery` (static lists, DNS), the `balancer`
-//!   (selection on `mesh_policy::select`, skipping endpoints their breakers ejected) and the
-//!   active `health` checks;
-//! - `control`: the table `source` (control-plane poller, or a file) that installs new routes,
-//!   the `admin` HTTP server, and the listening `ports` (port 0, the `LISTENING` line);
+//! - `state`: the shared mesh state: the active routing table compiled for serving, one route
+//!   per service with its policy state (swapped atomically as a whole), and the status of the
+//!   table source; it imports nothing above it;
 //! - `conn`: the request loop of one client connection (pingora-core's HTTP/1 session), shared
 //!   by both listeners; upgrades are handed to `tunnel` (pingora-proxy);
 //! - `outbound` (`attempt`, `hedge`) / `inbound`: what each listener does with a request: the
@@ -25,7 +21,12 @@
 //! - `limits`: the per-service concurrency limit, which waits for a slot on tokio's semaphore;
 //!   the other policies are pure state machines in `mesh_policy`: `retry` (decision, backoff,
 //!   budget), `breaker` (per-endpoint ejection), `select` (endpoint selection);
-//! - `telemetry`: the Prometheus `metrics`, resolved per route so the hot path only touches
+//! - `endpoints/`: per upstream service, `discovery` (static lists, DNS), the `balancer`
+//!   (selection on `mesh_policy::select`, skipping endpoints their breakers ejected) and the
+//!   active `health` checks;
+//! - `control/`: the table `source` (control-plane poller, or a file) that installs new routes,
+//!   the `admin` HTTP server, and the listening `ports` (port 0, the `LISTENING` line);
+//! - `telemetry/`: the Prometheus `metrics`, resolved per route so the hot path only touches
 //!   atomics, and the `trace` spans of both hops with the `traceparent` each sends on
 //!   (OpenTelemetry).
 
