@@ -15,12 +15,12 @@ use pingora_http::RequestHeader;
 use crate::conn::Handler;
 use crate::forward::{self, Forwarded, ReqBody};
 use crate::http as h;
-use crate::metrics::{RouteMetrics, TimeoutKind};
 use crate::outbound::attempt::{self, Ended, Failed, Limits, Source};
 use crate::outbound::log_trace_id;
 use crate::reason::{self, Reason};
-use crate::routes::Mesh;
-use crate::trace::{self, ReqTrace};
+use crate::state::Mesh;
+use crate::telemetry::metrics::{RouteMetrics, TimeoutKind};
+use crate::telemetry::trace::{self, ReqTrace};
 use crate::upstream::Upstreams;
 
 const APP_CONNECT: Duration = Duration::from_secs(1);

@@ -10,16 +10,16 @@ use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use pingora_proxy::http_proxy;
 
-use sidecar::admin::{AdminService, AdminState};
 use sidecar::config::{Args, LogFormat, Switch};
 use sidecar::conn::Listener;
-use sidecar::health::HealthChecker;
+use sidecar::control::admin::{AdminService, AdminState};
+use sidecar::control::ports::{reserve, Announcer};
+use sidecar::control::source::{Origin, TableSource};
+use sidecar::endpoints::health::HealthChecker;
 use sidecar::inbound::Inbound;
-use sidecar::metrics::Metrics;
 use sidecar::outbound::Outbound;
-use sidecar::ports::{reserve, Announcer};
-use sidecar::routes::Mesh;
-use sidecar::source::{Origin, TableSource};
+use sidecar::state::Mesh;
+use sidecar::telemetry::metrics::Metrics;
 use sidecar::tunnel::{Side, Tunnel};
 use sidecar::upstream::{PoolSweeper, Upstreams};
 
@@ -154,7 +154,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         "table source",
         TableSource::new(mesh.clone(), origin, args.poll_interval, args.dns_refresh),
     );
-    let health = background_service("health checks", HealthChecker { mesh: mesh.clone() });
+    let health = background_service("health checks", HealthChecker::new(mesh.clone()));
     let admin = background_service(
         "admin",
         AdminService {

@@ -18,7 +18,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::http as h;
 use crate::reason::{self, Reason};
-use crate::routes::{Mesh, ServiceRoute};
+use crate::state::{Mesh, ServiceRoute};
 
 /// Where upgraded connections go.
 pub enum Side {
@@ -117,10 +117,7 @@ impl ProxyHttp for Tunnel {
             .map(|v| v.as_bytes());
         let avoid: Vec<SocketAddr> = ctx.endpoint.into_iter().collect();
         let now = Instant::now();
-        let Some(chosen) = route
-            .balancer
-            .pick(key, &avoid, now, policy.panic_threshold_percent)
-        else {
+        let Some(chosen) = route.pick(key, &avoid, now) else {
             ctx.reason = Some(Reason::NoHealthyEndpoint);
             ctx.detail = Some(format!("service {} has no usable endpoint", route.name));
             return Error::e_explain(ErrorType::HTTPStatus(503), "no endpoint");
@@ -129,7 +126,7 @@ impl ProxyHttp for Tunnel {
         // The handshake is the try the breaker hears about; a probe cannot be judged by a
         // connection that may stay open for hours, so it is handed back.
         if chosen.probe {
-            route.balancer.breakers.on_probe_cancelled(addr, now);
+            route.probe_cancelled(addr, now);
         }
         ctx.endpoint = Some(addr);
         Ok(Self::peer(addr, policy.timeouts.connect()))

@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 use opentelemetry_sdk::trace::Span as SdkSpan;
 use pingora_http::RequestHeader;
 
-use crate::balancer::Chosen;
-use crate::balancer::InFlightGuard;
+use crate::endpoints::balancer::Chosen;
+use crate::endpoints::balancer::InFlightGuard;
 use crate::forward::{self, BodyError, ReqBody};
 use crate::reason::Reason;
-use crate::routes::ServiceRoute;
-use crate::trace::{self, ReqTrace};
+use crate::state::ServiceRoute;
+use crate::telemetry::trace::{self, ReqTrace};
 use crate::upstream::{Conn, ConnectError, Upstreams};
 use mesh_policy::retry::Outcome;
 use pingora_core::protocols::http::v1::server::HttpSession;
@@ -74,7 +74,7 @@ impl Ended {
 
     /// The retry counter a retry after this try counts under.
     pub fn retry_label(self) -> crate::metrics::RetryReason {
-        use crate::metrics::RetryReason;
+        use crate::telemetry::metrics::RetryReason;
         match self {
             Ended::Answered(_) => RetryReason::Status,
             Ended::ConnectFailed { .. } => RetryReason::ConnectFailure,

@@ -15,10 +15,10 @@ use pingora_http::RequestHeader;
 use super::attempt::{self, Ended, Failed, Source, Try};
 use super::upstream_copy;
 use crate::forward::ReqBody;
-use crate::metrics::RetryReason;
 use crate::reason::Reason;
-use crate::routes::ServiceRoute;
-use crate::trace::ReqTrace;
+use crate::state::ServiceRoute;
+use crate::telemetry::metrics::RetryReason;
+use crate::telemetry::trace::ReqTrace;
 use crate::upstream::{Conn, Upstreams};
 use mesh_policy::retry::is_idempotent;
 

@@ -27,7 +27,7 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use serde_json::json;
 
-use crate::routes::Mesh;
+use crate::state::Mesh;
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -114,12 +114,8 @@ async fn endpoints(State(s): State<AdminState>) -> Json<serde_json::Value> {
         let mut list: Vec<_> = routes.services().collect();
         list.sort_by(|a, b| a.name.cmp(&b.name));
         for r in list {
-            let mut eps: Vec<String> = r
-                .balancer
-                .endpoints()
-                .iter()
-                .map(|a| a.to_string())
-                .collect();
+            let set = r.endpoints();
+            let mut eps: Vec<String> = set.endpoints().iter().map(|e| e.addr.to_string()).collect();
             eps.sort();
             services.insert(
                 r.name.clone(),
@@ -127,8 +123,8 @@ async fn endpoints(State(s): State<AdminState>) -> Json<serde_json::Value> {
                     "lb": r.policy.lb,
                     "source": r.policy.endpoints,
                     "endpoints": eps,
-                    "load": r.balancer.set().snapshot(std::time::Instant::now()),
-                    "discovery": r.balancer.discovery_status(),
+                    "load": set.snapshot(std::time::Instant::now()),
+                    "discovery": r.discovery_status(),
                 }),
             );
         }
@@ -193,16 +189,16 @@ fn set_draining(s: &AdminState, headers: &HeaderMap, on: bool) -> Response {
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {
-    if !s.mesh.metrics.per_request() {
+    let Some(text) = s.mesh.render_metrics() else {
         let off = json!({ "error": "metrics are off: this sidecar runs with --metrics off" });
         return (axum::http::StatusCode::NOT_FOUND, Json(off)).into_response();
-    }
+    };
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        s.mesh.metrics.render(&s.mesh),
+        text,
     )
         .into_response()
 }
@@ -215,11 +211,11 @@ async fn breakers(State(s): State<AdminState>) -> Json<serde_json::Value> {
             services.insert(
                 r.name.clone(),
                 json!({
-                    "endpoints": r.balancer.breakers.snapshot(now),
-                    "ejected": r.balancer.breakers.out(),
-                    "concurrency": r.limit.snapshot(),
-                    "retry_budget": r.budget.snapshot(now),
-                    "retry_refusals": r.metrics.refusal_counts(),
+                    "endpoints": r.breakers(now),
+                    "ejected": r.ejected(),
+                    "concurrency": r.concurrency(),
+                    "retry_budget": r.retry_budget(now),
+                    "retry_refusals": r.refusal_counts(),
                 }),
             );
         }

@@ -14,7 +14,7 @@ use mesh_table::Table;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 
-use crate::routes::{Mesh, Routes};
+use crate::state::{Mesh, Routes};
 
 /// Where tables come from.
 #[derive(Debug, Clone)]
@@ -211,9 +211,9 @@ impl TableSource {
     /// `Balancer::refresh` serialises itself.
     fn refresh_dns(&self) {
         if let Some(routes) = self.mesh.routes() {
-            for r in routes.services().filter(|r| r.balancer.is_dynamic()) {
+            for r in routes.services().filter(|r| r.is_dynamic()) {
                 let r = r.clone();
-                tokio::spawn(async move { r.balancer.refresh().await });
+                tokio::spawn(async move { r.refresh_endpoints().await });
             }
         }
     }

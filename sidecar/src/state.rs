@@ -1,54 +1,115 @@
-//! The active routing table, compiled for serving.
+//! The sidecar's shared state: the active routing table compiled for serving ([`Routes`], one
+//! [`ServiceRoute`] per service) and where it came from ([`SourceStatus`]), both held by [`Mesh`].
 //!
 //! A [`Routes`] value is immutable: a new table builds a whole new one (balancers included,
 //! endpoints discovered before it is published) and [`Mesh`] swaps it in with one atomic store.
 //! Requests in flight keep the `Arc` of the routes they started with, so a swap drops nothing.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use mesh_table::Table;
 use serde::Serialize;
 
-use crate::balancer::Balancer;
-use crate::limits::ConcurrencyLimit;
-use crate::metrics::{Metrics, RouteMetrics};
-use mesh_policy::retry::{Refusal, RetryBudget};
-use pingora_load_balancing::health_check::HealthCheck;
+use crate::endpoints::balancer::{Balancer, Chosen};
+use crate::endpoints::discovery::DiscoveryStatus;
+use crate::endpoints::health::{self, ServiceHealth};
+use crate::limits::{ConcurrencyLimit, LimitSnapshot};
+use crate::telemetry::metrics::{Metrics, RouteMetrics};
+use mesh_policy::breaker::{EndpointSnapshot, Transition};
+use mesh_policy::retry::{BudgetSnapshot, Refusal, RetryBudget};
+use mesh_policy::select::EndpointSet;
 
 /// One service's policy and the state that enforces it.
+///
+/// Other modules go through its methods; the fields the request path (`outbound`) still reads
+/// directly are crate-visible, the others private.
 pub struct ServiceRoute {
     pub name: String,
     pub policy: mesh_table::Service,
-    pub balancer: Balancer,
-    pub limit: ConcurrencyLimit,
-    pub budget: RetryBudget,
-    /// The active health checker, when the table configures one.
-    pub health: Option<Arc<dyn HealthCheck + Send + Sync>>,
-    pub metrics: RouteMetrics,
+    pub(crate) balancer: Balancer,
+    pub(crate) limit: ConcurrencyLimit,
+    pub(crate) budget: RetryBudget,
+    /// The active health check, when the table configures one.
+    health: Option<ServiceHealth>,
+    pub(crate) metrics: RouteMetrics,
 }
 
 impl ServiceRoute {
+    /// Picks an endpoint for an attempt by the service's algorithm, skipping those this request
+    /// tried (`avoid`) and those their breakers eject (see [`Balancer::pick`]); `key` is the
+    /// hash key of a ring-hash service.
+    pub fn pick(&self, key: Option<&[u8]>, avoid: &[SocketAddr], now: Instant) -> Option<Chosen> {
+        self.balancer
+            .pick(key, avoid, now, self.policy.panic_threshold_percent)
+    }
+
+    /// The current endpoints, with their load and health.
+    pub fn endpoints(&self) -> Arc<EndpointSet> {
+        self.balancer.set()
+    }
+
     /// Counts a retry the policy refused (`/metrics` and `/breakers` read the same counters).
     pub fn count_refusal(&self, r: Refusal) {
         self.metrics.refusal(r);
     }
 
     /// Tells the endpoint's breaker how a try went, counting ejections.
-    pub fn breaker_result(
-        &self,
-        addr: std::net::SocketAddr,
-        now: std::time::Instant,
-        failure: bool,
-        probe: bool,
-    ) {
-        if let Some(t) = self.balancer.breakers.on_result(addr, now, failure, probe) {
-            if !matches!(t, mesh_policy::breaker::Transition::Closed) {
-                self.metrics.ejections.inc();
+    pub fn breaker_result(&self, addr: SocketAddr, now: Instant, failure: bool, probe: bool) {
+        if let Some(t) = self.balancer.report(addr, now, failure, probe) {
+            if !matches!(t, Transition::Closed) {
+                self.metrics.ejection();
             }
         }
+    }
+
+    /// Hands a breaker probe back unjudged, so the endpoint does not stay half-open with its
+    /// probe out forever.
+    pub fn probe_cancelled(&self, addr: SocketAddr, now: Instant) {
+        self.balancer.probe_cancelled(addr, now);
+    }
+
+    /// Whether the endpoints come from DNS and need refreshing.
+    pub fn is_dynamic(&self) -> bool {
+        self.balancer.is_dynamic()
+    }
+
+    /// Runs discovery again; on error the current endpoints stay.
+    pub async fn refresh_endpoints(&self) {
+        self.balancer.refresh().await;
+    }
+
+    /// How the last endpoint discovery went.
+    pub fn discovery_status(&self) -> DiscoveryStatus {
+        self.balancer.discovery_status()
+    }
+
+    /// Each endpoint's breaker.
+    pub fn breakers(&self, now: Instant) -> Vec<EndpointSnapshot> {
+        self.balancer.breaker_snapshot(now)
+    }
+
+    /// How many endpoints their breakers hold out.
+    pub fn ejected(&self) -> usize {
+        self.balancer.ejected()
+    }
+
+    /// The concurrency in use, its limit and the overflows.
+    pub fn concurrency(&self) -> LimitSnapshot {
+        self.limit.snapshot()
+    }
+
+    /// The retry budget's balance.
+    pub fn retry_budget(&self, now: Instant) -> BudgetSnapshot {
+        self.budget.snapshot(now)
+    }
+
+    /// Retries refused so far, by reason.
+    pub fn refusal_counts(&self) -> BTreeMap<&'static str, u64> {
+        self.metrics.refusal_counts()
     }
 }
 
@@ -85,14 +146,14 @@ impl Routes {
                 health: svc
                     .health_check
                     .as_ref()
-                    .map(|h| crate::health::checker(name, h)),
+                    .map(|h| ServiceHealth::new(name, h)),
                 metrics: mesh.metrics.route("outbound", &mesh.service, name),
             });
-            if route.balancer.is_dynamic() {
+            if route.is_dynamic() {
                 // DNS can be slow (seconds per name without a resolver): the table is installed
                 // at once, keeping the endpoints the service had, and names resolve beside it.
                 let resolving = route.clone();
-                tokio::spawn(async move { resolving.balancer.refresh().await });
+                tokio::spawn(async move { resolving.refresh_endpoints().await });
             }
             services.insert(name.clone(), route);
         }
@@ -194,6 +255,44 @@ impl Mesh {
 
     pub fn update_status(&self, f: impl FnOnce(&mut SourceStatus)) {
         f(&mut self.status.lock().expect("status lock"));
+    }
+
+    /// The `/metrics` text, with the gauges that mirror this state (the table source, each
+    /// upstream's breakers and endpoints) refreshed first; `None` when the sidecar runs with
+    /// `--metrics off`.
+    pub fn render_metrics(&self) -> Option<String> {
+        if !self.metrics.per_request() {
+            return None;
+        }
+        let now = Instant::now();
+        let st = self.status();
+        self.metrics
+            .scrape_source(st.polls, st.poll_errors, st.tables_rejected);
+        if let Some(routes) = self.routes() {
+            self.metrics.scrape_table_version(routes.table.version);
+            for r in routes.services() {
+                self.metrics.scrape_upstream(
+                    &self.service,
+                    &r.name,
+                    &r.breakers(now),
+                    &r.endpoints(),
+                );
+            }
+        }
+        Some(self.metrics.encode())
+    }
+}
+
+impl health::Targets for Mesh {
+    fn each_checked(&self, f: &mut dyn FnMut(&str, &ServiceHealth, &EndpointSet)) {
+        let Some(routes) = self.routes() else {
+            return;
+        };
+        for route in routes.services() {
+            if let Some(check) = &route.health {
+                f(&route.name, check, &route.endpoints());
+            }
+        }
     }
 }
 

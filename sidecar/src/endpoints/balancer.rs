@@ -1,18 +1,17 @@
 //! Endpoints of one service and the choice of one per attempt.
 //!
-//! [`MeshDiscovery`] turns the table's `endpoints` (a static list, or `dns:HOST:PORT` for a
-//! headless Kubernetes Service) into addresses. [`Balancer`] keeps the resulting
-//! [`EndpointSet`] (the selection algorithms of `mesh_policy::select`) and the per-endpoint
-//! [`Breakers`]: an endpoint is a candidate for an attempt when this request has not tried it
-//! yet, its active health checks pass and its breaker has not ejected it. A new endpoint list
-//! keeps the state (in-flight counts, latency estimates, breakers) of the endpoints that stay.
-//! A pick hands out an [`Upstream`]: the policy's endpoint plus what the proxy adds to it, its
-//! address as a header value.
+//! [`Balancer`] keeps the addresses [`MeshDiscovery`] finds as an [`EndpointSet`] (the selection
+//! algorithms of `mesh_policy::select`) and the per-endpoint [`Breakers`]: an endpoint is a
+//! candidate for an attempt when this request has not tried it yet, its active health checks
+//! pass and its breaker has not ejected it. A new endpoint list keeps the state (in-flight
+//! counts, latency estimates, breakers) of the endpoints that stay. A pick hands out an
+//! [`Upstream`]: the policy's endpoint plus what the proxy adds to it, its address as a header
+//! value.
 
 use std::net::SocketAddr;
 use std::ops::Deref;
-use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::sync::Arc;
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
@@ -20,95 +19,19 @@ use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
 use mesh_table::{Endpoints, Lb};
-use serde::Serialize;
 
-use mesh_policy::breaker::{Admission, BreakerConfig, Breakers};
+use super::discovery::{DiscoveryStatus, MeshDiscovery};
+use mesh_policy::breaker::{Admission, BreakerConfig, Breakers, EndpointSnapshot, Transition};
 use mesh_policy::select::{self, Algorithm, Endpoint, EndpointSet};
-
-/// Resolves a service's endpoints; remembers the last resolution error for `/endpoints`.
-pub struct MeshDiscovery {
-    endpoints: Endpoints,
-    last: Mutex<DiscoveryStatus>,
-}
-
-/// What the last discovery found, for the admin port.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct DiscoveryStatus {
-    pub last_error: Option<String>,
-    #[serde(with = "opt_time")]
-    pub last_resolved: Option<SystemTime>,
-}
-
-mod opt_time {
-    use std::time::SystemTime;
-    pub fn serialize<S: serde::Serializer>(
-        t: &Option<SystemTime>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        match t {
-            Some(t) => s.serialize_str(&humantime::format_rfc3339_millis(*t).to_string()),
-            None => s.serialize_none(),
-        }
-    }
-}
-
-impl MeshDiscovery {
-    pub fn new(endpoints: Endpoints) -> Self {
-        MeshDiscovery {
-            endpoints,
-            last: Mutex::new(DiscoveryStatus::default()),
-        }
-    }
-
-    /// Resolves the endpoints to addresses (sorted, no duplicates) and records how it went;
-    /// an error leaves the caller's current endpoints in place.
-    pub async fn discover(&self) -> std::result::Result<Vec<SocketAddr>, String> {
-        let res = self.resolve().await;
-        let mut last = self.last.lock().expect("discovery status lock");
-        match &res {
-            Ok(_) => {
-                last.last_error = None;
-                last.last_resolved = Some(SystemTime::now());
-            }
-            Err(e) => last.last_error = Some(e.clone()),
-        }
-        res
-    }
-
-    async fn resolve(&self) -> std::result::Result<Vec<SocketAddr>, String> {
-        let mut out = Vec::new();
-        match &self.endpoints {
-            Endpoints::Static(list) => {
-                for addr in list {
-                    if let Ok(sa) = addr.parse::<SocketAddr>() {
-                        out.push(sa);
-                        continue;
-                    }
-                    let found = tokio::net::lookup_host(addr.as_str())
-                        .await
-                        .map_err(|e| format!("resolving {addr}: {e}"))?;
-                    out.extend(found);
-                }
-            }
-            Endpoints::Dns { host, port } => {
-                let found = tokio::net::lookup_host((host.as_str(), *port))
-                    .await
-                    .map_err(|e| format!("resolving {host}: {e}"))?;
-                out.extend(found);
-            }
-        }
-        out.sort_unstable();
-        out.dedup();
-        Ok(out)
-    }
-}
 
 /// One service's endpoints, breakers and selection.
 pub struct Balancer {
     discovery: MeshDiscovery,
     algorithm: Algorithm,
     pool: ArcSwap<Pool>,
-    pub breakers: Breakers,
+    /// Crate-visible only while `outbound/attempt.rs` still calls `on_probe_cancelled` on it;
+    /// use [`Balancer::probe_cancelled`] and [`Balancer::report`].
+    pub(crate) breakers: Breakers,
     dynamic: bool,
     /// Held by the refresh in progress: discovery and the set rebuild must not interleave.
     refreshing: tokio::sync::Mutex<()>,
@@ -324,9 +247,32 @@ impl Balancer {
         None
     }
 
-    /// Every current endpoint.
-    pub fn endpoints(&self) -> Vec<SocketAddr> {
-        self.set().endpoints().iter().map(|e| e.addr).collect()
+    /// Tells the endpoint's breaker how a try went (`probe`: the try was the half-open
+    /// breaker's probe); the state change it caused, if any.
+    pub fn report(
+        &self,
+        addr: SocketAddr,
+        now: Instant,
+        failure: bool,
+        probe: bool,
+    ) -> Option<Transition> {
+        self.breakers.on_result(addr, now, failure, probe)
+    }
+
+    /// Hands back a probe whose outcome will never arrive (given up, lost a hedge, the client
+    /// left, or a tunnel that cannot be judged), so the breaker can send another.
+    pub fn probe_cancelled(&self, addr: SocketAddr, now: Instant) {
+        self.breakers.on_probe_cancelled(addr, now);
+    }
+
+    /// Each endpoint's breaker, for the admin port and the metrics.
+    pub fn breaker_snapshot(&self, now: Instant) -> Vec<EndpointSnapshot> {
+        self.breakers.snapshot(now)
+    }
+
+    /// How many endpoints their breakers hold out (open or half-open).
+    pub fn ejected(&self) -> usize {
+        self.breakers.out()
     }
 
     pub fn set(&self) -> Arc<EndpointSet> {
@@ -334,11 +280,7 @@ impl Balancer {
     }
 
     pub fn discovery_status(&self) -> DiscoveryStatus {
-        self.discovery
-            .last
-            .lock()
-            .expect("discovery status lock")
-            .clone()
+        self.discovery.status()
     }
 }
 
@@ -477,7 +419,7 @@ mod tests {
         let bad: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let t0 = Instant::now();
         for _ in 0..5 {
-            b.breakers.on_result(bad, t0, true, false);
+            b.report(bad, t0, true, false);
         }
         assert!(b.breakers.is_ejected(bad, t0), "five failures eject it");
         for _ in 0..10 {

@@ -4,15 +4,17 @@
 //! ([`RouteMetrics`]), so a request increments atomics and observes a histogram without a
 //! lookup, a lock or an allocation. Label values are bounded: directions, service names from
 //! the table, status classes, fixed reason lists, and endpoints (bounded by the table). Gauges
-//! that mirror state (breakers, endpoints, the table) are set when `/metrics` is scraped.
+//! that mirror state (breakers, endpoints, the table) are set when `/metrics` is scraped, by the
+//! mesh state through the `scrape_*` methods: this module does not depend on the state.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::routes::Mesh;
+use mesh_policy::breaker::EndpointSnapshot;
 use mesh_policy::retry::Refusal;
+use mesh_policy::select::EndpointSet;
 
 /// Request-duration buckets: 0.5 ms to 10 s.
 const BUCKETS: &[f64] = &[
@@ -139,8 +141,10 @@ pub struct RouteMetrics {
     retries: [IntCounter; 5],
     refusals: [IntCounter; 6],
     timeouts: [IntCounter; 4],
-    pub ejections: IntCounter,
-    pub overflows: IntCounter,
+    ejections: IntCounter,
+    /// Crate-visible only while `outbound/mod.rs` still increments it directly; use
+    /// [`RouteMetrics::overflow`].
+    pub(crate) overflows: IntCounter,
     errors: IntCounterVec,
     labels: [String; 3],
     per_request: bool,
@@ -298,42 +302,54 @@ impl Metrics {
         self.per_request
     }
 
-    /// The text exposition, with state gauges refreshed from `mesh`.
-    pub fn render(&self, mesh: &Mesh) -> String {
-        let now = std::time::Instant::now();
-        let st = mesh.status();
-        self.polls.set(st.polls as i64);
-        self.poll_errors.set(st.poll_errors as i64);
-        self.tables_rejected.set(st.tables_rejected as i64);
+    /// Starts a scrape: the table source's counters, and the endpoint gauges cleared (an endpoint
+    /// gone since the last scrape must not linger). The mesh state then sets the table version
+    /// and every upstream's gauges, and [`encode`](Self::encode) writes them out.
+    pub fn scrape_source(&self, polls: u64, poll_errors: u64, tables_rejected: u64) {
+        self.polls.set(polls as i64);
+        self.poll_errors.set(poll_errors as i64);
+        self.tables_rejected.set(tables_rejected as i64);
         self.breaker_state.reset();
         self.endpoints.reset();
-        if let Some(routes) = mesh.routes() {
-            self.table_version.set(routes.table.version as i64);
-            for r in routes.services() {
-                let svc = mesh.service.as_str();
-                let mut ejected = 0;
-                for b in r.balancer.breakers.snapshot(now) {
-                    let v = match b.state {
-                        "open" => 1,
-                        "half-open" => 2,
-                        _ => 0,
-                    };
-                    if v == 1 {
-                        ejected += 1;
-                    }
-                    self.breaker_state
-                        .with_label_values(&[svc, &r.name, &b.addr.to_string()])
-                        .set(v);
-                }
-                let set = r.balancer.set();
-                let unhealthy = set.endpoints().iter().filter(|e| !e.is_healthy()).count() as i64;
-                let total = set.len() as i64;
-                let g = |s: &str| self.endpoints.with_label_values(&[svc, &r.name, s]);
-                g("unhealthy").set(unhealthy);
-                g("ejected").set(ejected);
-                g("usable").set((total - unhealthy - ejected).max(0));
+    }
+
+    /// The active table's version, at a scrape.
+    pub fn scrape_table_version(&self, version: u64) {
+        self.table_version.set(version as i64);
+    }
+
+    /// One upstream service's breakers and endpoint counts, at a scrape.
+    pub fn scrape_upstream(
+        &self,
+        service: &str,
+        upstream: &str,
+        breakers: &[EndpointSnapshot],
+        set: &EndpointSet,
+    ) {
+        let mut ejected = 0;
+        for b in breakers {
+            let v = match b.state {
+                "open" => 1,
+                "half-open" => 2,
+                _ => 0,
+            };
+            if v == 1 {
+                ejected += 1;
             }
+            self.breaker_state
+                .with_label_values(&[service, upstream, &b.addr.to_string()])
+                .set(v);
         }
+        let unhealthy = set.endpoints().iter().filter(|e| !e.is_healthy()).count() as i64;
+        let total = set.len() as i64;
+        let g = |s: &str| self.endpoints.with_label_values(&[service, upstream, s]);
+        g("unhealthy").set(unhealthy);
+        g("ejected").set(ejected);
+        g("usable").set((total - unhealthy - ejected).max(0));
+    }
+
+    /// The text exposition of every family.
+    pub fn encode(&self) -> String {
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::warn!(error = %e, "encoding metrics failed");
@@ -382,6 +398,16 @@ impl RouteMetrics {
             .zip(&self.refusals)
             .map(|(r, c)| (r.as_str(), c.get()))
             .collect()
+    }
+
+    /// A breaker ejected an endpoint (or ejected it again after a failed probe).
+    pub fn ejection(&self) {
+        self.ejections.inc();
+    }
+
+    /// A request refused at once by the concurrency limit.
+    pub fn overflow(&self) {
+        self.overflows.inc();
     }
 
     pub fn timeout(&self, kind: TimeoutKind) {
