@@ -10,7 +10,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::BytesMut;
@@ -127,6 +126,3 @@ impl<H: Handler> Listener<H> {
         let _ = self.tunnel.process_new_http(session, shutdown).await;
     }
 }
-
-/// The idle timeout of an upgraded connection's reads (both directions).
-pub const TUNNEL_IDLE: Duration = Duration::from_secs(3600);

@@ -44,8 +44,3 @@ pub mod state;
 pub mod telemetry;
 pub mod tunnel;
 pub mod upstream;
-
-/// Transitional: `outbound/attempt.rs` still names `crate::metrics::…` in its code (not only in
-/// its `use` lines) while its owner edits it; remove this alias once those paths read
-/// `crate::telemetry::metrics::…` or a `use` of it.
-pub(crate) use telemetry::metrics;

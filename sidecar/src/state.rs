@@ -30,7 +30,7 @@ use mesh_policy::select::EndpointSet;
 pub struct ServiceRoute {
     pub name: String,
     pub policy: mesh_table::Service,
-    pub(crate) balancer: Balancer,
+    balancer: Balancer,
     pub(crate) limit: ConcurrencyLimit,
     pub(crate) budget: RetryBudget,
     /// The active health check, when the table configures one.

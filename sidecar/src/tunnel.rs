@@ -5,7 +5,7 @@
 //! Policies act on the handshake only: the outbound side routes by authority and picks an
 //! endpoint the breaker admits (a connect failure is reported to the breaker and retried once
 //! elsewhere); the inbound side goes to the local app. Reads in either direction time out
-//! after [`crate::conn::TUNNEL_IDLE`] of silence, not at the request's deadline.
+//! after [`TUNNEL_IDLE`] of silence, not at the request's deadline.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +19,9 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use crate::http as h;
 use crate::reason::{self, Reason};
 use crate::state::{Mesh, ServiceRoute};
+
+/// The idle timeout of an upgraded connection's reads (both directions).
+pub const TUNNEL_IDLE: Duration = Duration::from_secs(3600);
 
 /// Where upgraded connections go.
 pub enum Side {
@@ -54,8 +57,8 @@ impl Tunnel {
     fn peer(addr: SocketAddr, connect: Duration) -> Box<HttpPeer> {
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(connect);
-        peer.options.read_timeout = Some(crate::conn::TUNNEL_IDLE);
-        peer.options.write_timeout = Some(crate::conn::TUNNEL_IDLE);
+        peer.options.read_timeout = Some(TUNNEL_IDLE);
+        peer.options.write_timeout = Some(TUNNEL_IDLE);
         Box::new(peer)
     }
 }

@@ -29,9 +29,7 @@ pub struct Balancer {
     discovery: MeshDiscovery,
     algorithm: Algorithm,
     pool: ArcSwap<Pool>,
-    /// Crate-visible only while `outbound/attempt.rs` still calls `on_probe_cancelled` on it;
-    /// use [`Balancer::probe_cancelled`] and [`Balancer::report`].
-    pub(crate) breakers: Breakers,
+    breakers: Breakers,
     dynamic: bool,
     /// Held by the refresh in progress: discovery and the set rebuild must not interleave.
     refreshing: tokio::sync::Mutex<()>,

@@ -19,6 +19,7 @@ use crate::endpoints::balancer::InFlightGuard;
 use crate::forward::{self, BodyError, ReqBody};
 use crate::reason::Reason;
 use crate::state::ServiceRoute;
+use crate::telemetry::metrics;
 use crate::telemetry::trace::{self, ReqTrace};
 use crate::upstream::{Conn, ConnectError, Upstreams};
 use mesh_policy::retry::Outcome;
@@ -73,8 +74,8 @@ impl Ended {
     }
 
     /// The retry counter a retry after this try counts under.
-    pub fn retry_label(self) -> crate::metrics::RetryReason {
-        use crate::telemetry::metrics::RetryReason;
+    pub fn retry_label(self) -> metrics::RetryReason {
+        use metrics::RetryReason;
         match self {
             Ended::Answered(_) => RetryReason::Status,
             Ended::ConnectFailed { .. } => RetryReason::ConnectFailure,
@@ -161,24 +162,24 @@ impl Try {
                     .endpoint()
                     .observe_latency(now.saturating_duration_since(self.started), now);
                 m.attempt(if s >= 500 {
-                    crate::metrics::AttemptResult::FailureStatus
+                    metrics::AttemptResult::FailureStatus
                 } else {
-                    crate::metrics::AttemptResult::Success
+                    metrics::AttemptResult::Success
                 });
             }
             Ended::ConnectFailed { timed_out } => {
-                m.attempt(crate::metrics::AttemptResult::ConnectFailure);
+                m.attempt(metrics::AttemptResult::ConnectFailure);
                 if timed_out {
-                    m.timeout(crate::metrics::TimeoutKind::Connect);
+                    m.timeout(metrics::TimeoutKind::Connect);
                 }
             }
-            Ended::Reset => m.attempt(crate::metrics::AttemptResult::Reset),
+            Ended::Reset => m.attempt(metrics::AttemptResult::Reset),
             Ended::TimedOut { deadline } => {
-                m.attempt(crate::metrics::AttemptResult::Timeout);
+                m.attempt(metrics::AttemptResult::Timeout);
                 m.timeout(if deadline {
-                    crate::metrics::TimeoutKind::Request
+                    metrics::TimeoutKind::Request
                 } else {
-                    crate::metrics::TimeoutKind::PerTry
+                    metrics::TimeoutKind::PerTry
                 });
             }
         }
@@ -198,10 +199,7 @@ impl Drop for Try {
         // A probe whose outcome never arrived (given up, lost a hedge, the client left) must
         // not wedge its endpoint's breaker half-open.
         if self.probe && !self.reported {
-            self.route
-                .balancer
-                .breakers
-                .on_probe_cancelled(self.addr(), Instant::now());
+            self.route.probe_cancelled(self.addr(), Instant::now());
         }
         if let Some(span) = self.span.take() {
             trace::end_span(span, None, Some("cancelled".into()));

@@ -70,10 +70,7 @@ pub async fn race(
         .and_then(|h| base.headers.get(h))
         .map(|v| v.as_bytes());
     let now = Instant::now();
-    let Some(first) = route
-        .balancer
-        .pick(key, &[], now, policy.panic_threshold_percent)
-    else {
+    let Some(first) = route.pick(key, &[], now) else {
         return Err(Lost {
             reason: Reason::NoHealthyEndpoint,
             detail: format!("service {} has no usable endpoint", route.name),
@@ -128,11 +125,7 @@ pub async fn race(
     let second = route
         .budget
         .try_withdraw(now)
-        .then(|| {
-            route
-                .balancer
-                .pick(key, &avoid, now, policy.panic_threshold_percent)
-        })
+        .then(|| route.pick(key, &avoid, now))
         .flatten()
         .filter(|c| a_failed.is_some() || c.endpoint.addr != a.addr());
     let Some(second) = second else {

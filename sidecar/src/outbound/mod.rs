@@ -197,7 +197,7 @@ impl Outbound {
         let _permit: Permit = match route.limit.acquire(budget).await {
             Ok(p) => p,
             Err(overflow) => {
-                route.metrics.overflows.inc();
+                route.metrics.overflow();
                 return self
                     .answer(s, cx, Reason::Overflow, &overflow.to_string())
                     .await;
@@ -262,13 +262,9 @@ impl Outbound {
                 .as_deref()
                 .and_then(|name| s.req_header().headers.get(name))
                 .map(|v| v.as_bytes());
-            let Some(chosen) =
-                route
-                    .balancer
-                    .pick(key, &failed, now, policy.panic_threshold_percent)
-            else {
+            let Some(chosen) = route.pick(key, &failed, now) else {
                 cx.attempts -= 1;
-                let (reason, detail) = if route.balancer.set().is_empty() {
+                let (reason, detail) = if route.endpoints().is_empty() {
                     (
                         Reason::NoHealthyEndpoint,
                         format!("service {} has no endpoints", route.name),

@@ -142,9 +142,7 @@ pub struct RouteMetrics {
     refusals: [IntCounter; 6],
     timeouts: [IntCounter; 4],
     ejections: IntCounter,
-    /// Crate-visible only while `outbound/mod.rs` still increments it directly; use
-    /// [`RouteMetrics::overflow`].
-    pub(crate) overflows: IntCounter,
+    overflows: IntCounter,
     errors: IntCounterVec,
     labels: [String; 3],
     per_request: bool,
