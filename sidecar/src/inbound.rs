@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pingora_core::protocols::http::v1::server::HttpSession;
-use pingora_http::RequestHeader;
 
 use crate::conn::Handler;
 use crate::forward::{self, Forwarded, ReqBody};
@@ -122,15 +121,14 @@ impl Inbound {
         if let Err(e) = h::prepare_upstream(s.req_header_mut()) {
             return self.answer(s, cx, Reason::BadRequest, &e.to_string()).await;
         }
-        // The app's parent is this hop's server span (unsampled: see `trace`).
-        let traceparent = cx.trace.as_ref().and_then(ReqTrace::outgoing);
-        let copy = |base: &RequestHeader| {
-            let mut r = h::upstream_copy(base);
-            if let Some(tp) = &traceparent {
-                let _ = r.insert_header(h::TRACEPARENT.clone(), tp.clone());
-            }
-            r
-        };
+        // The app's parent is this hop's server span (unsampled: see `trace`): set once on the
+        // prepared request, which the try copies.
+        if let Some(tp) = cx.trace.as_ref().and_then(ReqTrace::outgoing) {
+            let _ = s
+                .req_header_mut()
+                .insert_header(mesh_trace::context::TRACEPARENT, tp);
+        }
+        let copy = h::upstream_copy;
         let idempotent = mesh_policy::retry::is_idempotent(s.req_header().method.as_str());
         let limits = Limits {
             connect: APP_CONNECT,

@@ -137,13 +137,10 @@ impl Try {
         self.guard.endpoint().header.clone()
     }
 
-    /// The `traceparent` this try sends: its own span's, else the request's (unsampled) one,
-    /// else `None` to forward the caller's as it is.
-    pub fn traceparent(&self, trace: Option<&ReqTrace>) -> Option<http::HeaderValue> {
-        match &self.span {
-            Some(span) => Some(trace::traceparent_of(span)),
-            None => trace.and_then(ReqTrace::outgoing),
-        }
+    /// The `traceparent` of this try's own span (sampled requests only): the next hop's
+    /// parent. `None`: the try sends the request's (set once on the prepared request).
+    pub fn own_traceparent(&self) -> Option<http::HeaderValue> {
+        self.span.as_ref().map(trace::traceparent_of)
     }
 
     /// Reports how the try ended to every consumer. `stale`: the failure was a pooled

@@ -49,10 +49,6 @@ fn reborrow<'b>(t: &'b mut Traced<'_>) -> Option<(&'b mesh_trace::Tracing, &'b m
     t.as_mut().map(|(tr, rt)| (*tr, &mut **rt))
 }
 
-fn trace_ref<'b>(t: &'b Traced<'_>) -> Option<&'b ReqTrace> {
-    t.as_ref().map(|(_, rt)| &**rt)
-}
-
 /// Runs the first try, and a second one once `after` passes without an answer.
 pub async fn race(
     upstreams: &Upstreams,
@@ -78,13 +74,14 @@ pub async fn race(
         });
     };
     let mut a = Try::start(route, first, 1, now, reborrow(&mut traced), method);
-    let tp_a = a.traceparent(trace_ref(&traced));
-    let run = |t: &Try, tp: Option<http::HeaderValue>| {
+    let tp_a = a.own_traceparent();
+    let run = |t: &Try, tp: Option<http::HeaderValue>, refresh: bool| {
         let addr = t.addr();
         let limits = super::limits(route, deadline.saturating_duration_since(Instant::now()));
         async move {
             let mut body = ReqBody::none();
-            let copy = |b: &RequestHeader| upstream_copy(b, deadline, tp.clone());
+            let refresh = refresh.then_some(deadline);
+            let copy = |b: &RequestHeader| upstream_copy(b, refresh, tp.clone());
             attempt::run(
                 upstreams,
                 addr,
@@ -97,7 +94,7 @@ pub async fn race(
             .await
         }
     };
-    let fut_a = run(&a, tp_a);
+    let fut_a = run(&a, tp_a, false);
     tokio::pin!(fut_a);
     let timeout = tokio::time::sleep_until(deadline.into());
     tokio::pin!(timeout);
@@ -151,8 +148,8 @@ pub async fn race(
         None => RetryReason::Hedge,
     });
     let mut b = Try::start(route, second, 2, now, reborrow(&mut traced), method);
-    let tp_b = b.traceparent(trace_ref(&traced));
-    let fut_b = run(&b, tp_b);
+    let tp_b = b.own_traceparent();
+    let fut_b = run(&b, tp_b, true);
     tokio::pin!(fut_b);
     let mut a_done: Option<Result<Conn, Ended>> = a_failed.map(Err);
     let mut b_done: Option<Result<Conn, Ended>> = None;

@@ -92,18 +92,23 @@ impl Handler for Outbound {
     }
 }
 
-/// A try's copy of the prepared request (see `http::prepare_upstream`): the deadline left
-/// and the try's `traceparent` added.
+/// A try's copy of the prepared request (see `http::prepare_upstream`, and `proxy`, which
+/// puts the deadline and the request's `traceparent` in it once). A retry or hedge
+/// (`refresh`) sends what is left of the deadline by then (the field is there already: the
+/// maps do not grow); a try with a span of its own (sampled requests) sends that span as the
+/// next hop's parent.
 fn upstream_copy(
     base: &RequestHeader,
-    deadline: Instant,
-    traceparent: Option<http::HeaderValue>,
+    refresh: Option<Instant>,
+    own_traceparent: Option<http::HeaderValue>,
 ) -> RequestHeader {
     let mut r = h::upstream_copy(base);
-    let left = deadline.saturating_duration_since(Instant::now());
-    let _ = r.insert_header(names::DEADLINE_MS, h::deadline_value(left));
-    if let Some(tp) = traceparent {
-        let _ = r.insert_header(h::TRACEPARENT.clone(), tp);
+    if let Some(deadline) = refresh {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let _ = r.insert_header(names::DEADLINE_MS, h::deadline_value(left));
+    }
+    if let Some(tp) = own_traceparent {
+        let _ = r.insert_header(mesh_trace::context::TRACEPARENT, tp);
     }
     r
 }
@@ -209,6 +214,13 @@ impl Outbound {
         if let Err(e) = h::prepare_upstream(s.req_header_mut()) {
             return self.answer(s, cx, Reason::BadRequest, &e.to_string()).await;
         }
+        // What every try sends, set once: the deadline (a retry refreshes the value) and the
+        // request's trace context (an unsampled root's; a sampled try sends its own span's).
+        let req = s.req_header_mut();
+        let _ = req.insert_header(names::DEADLINE_MS, h::deadline_value(budget));
+        if let Some(tp) = cx.trace.as_ref().and_then(ReqTrace::outgoing) {
+            let _ = req.insert_header(mesh_trace::context::TRACEPARENT, tp);
+        }
         if let Some(after) = hedge {
             // Boxed: most requests are not hedged, and the hedging future is large.
             return Box::pin(self.hedged(s, cx, &route, deadline, after)).await;
@@ -297,13 +309,14 @@ impl Outbound {
             let addr = t.addr();
             cx.endpoint = Some(addr);
             let limits = limits(route, remaining);
-            let traceparent = t.traceparent(cx.trace.as_ref());
+            let traceparent = t.own_traceparent();
+            let refresh = (cx.attempts > 1).then_some(deadline);
             let exchanged = attempt::run(
                 &self.upstreams,
                 addr,
                 limits,
                 Source::Client(&mut *s),
-                |base| upstream_copy(base, deadline, traceparent.clone()),
+                |base| upstream_copy(base, refresh, traceparent.clone()),
                 idempotent,
                 body,
             )
