@@ -115,8 +115,9 @@ def stop_many(procs: list[Proc], grace: float = 6.0) -> None:
         p.stop(grace)
 
 
-def stop_all() -> None:
-    stop_many(list(reversed(RUNNING)))
+def stop_all(grace: float = 6.0) -> None:
+    """Stops every child still running, the last started first."""
+    stop_many(list(reversed(RUNNING)), grace)
 
 
 def wait_listening(procs: list[Proc], timeout: float) -> None:
