@@ -20,9 +20,11 @@
 //! - `metrics`: the Prometheus families, resolved per route so the hot path only touches atomics;
 //! - `admin`: the admin HTTP server;
 //! - `ports`: binding listeners on port 0 and announcing the real ports;
-//! - `trace`: the spans of both hops and the `traceparent` each sends on (OpenTelemetry).
+//! - `trace`: the spans of both hops and the `traceparent` each sends on (OpenTelemetry);
+//! - `alloc_count`: with the `alloc-count` feature, a counting global allocator for the bench.
 
 pub mod admin;
+pub mod alloc_count;
 pub mod balancer;
 pub mod breaker;
 pub mod config;
