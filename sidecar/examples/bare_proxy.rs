@@ -5,10 +5,15 @@
 //! this is ours; what this costs above nginx is Pingora's.
 //!
 //! ```text
-//! bare_proxy LISTEN UPSTREAM [--threads N] [--timeouts]
+//! bare_proxy LISTEN UPSTREAM [--threads N] [--timeouts] [--alloc-count ADDR]
 //! ```
 //! `--timeouts` sets the connect, read, write and idle timeouts on the peer as the sidecar does
 //! (each read and write then arms a timer), to price them separately.
+//!
+//! Built with `--features alloc-count`, it counts allocations like the sidecar does (the
+//! sidecar crate's counting global allocator, `sidecar::alloc_count`), and `--alloc-count ADDR`
+//! answers every GET on ADDR (loopback) with the counters as JSON, the same object as the
+//! sidecar's admin `GET /debug/allocations`: it has no admin port of its own.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -44,7 +49,10 @@ impl ProxyHttp for Bare {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: bare_proxy LISTEN_ADDR UPSTREAM_ADDR [--threads N] [--timeouts]");
+    eprintln!(
+        "usage: bare_proxy LISTEN_ADDR UPSTREAM_ADDR [--threads N] [--timeouts] \
+         [--alloc-count ADDR]"
+    );
     std::process::exit(2);
 }
 
@@ -57,7 +65,7 @@ fn main() {
         eprintln!("bare_proxy: upstream {upstream:?}: {e}");
         std::process::exit(2)
     });
-    let (mut threads, mut timeouts) = (1, false);
+    let (mut threads, mut timeouts, mut counts_on) = (1, false, None);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--threads" => {
@@ -67,8 +75,12 @@ fn main() {
                     .unwrap_or_else(|| usage())
             }
             "--timeouts" => timeouts = true,
+            "--alloc-count" => counts_on = Some(args.next().unwrap_or_else(|| usage())),
             _ => usage(),
         }
+    }
+    if let Some(addr) = counts_on {
+        serve_alloc_counts(&addr);
     }
     let conf = ServerConf {
         threads,
@@ -84,4 +96,18 @@ fn main() {
     server.add_service(svc);
     println!("LISTENING {{\"proxy\":\"{listen}\"}}");
     server.run_forever()
+}
+
+/// `--alloc-count ADDR`: the counters on a loopback listener, or exit 2 when this build does
+/// not count (no `alloc-count` feature) or ADDR cannot be bound.
+fn serve_alloc_counts(addr: &str) {
+    if sidecar::alloc_count::global().is_none() {
+        eprintln!("bare_proxy: --alloc-count: built without the alloc-count feature");
+        std::process::exit(2);
+    }
+    let served = std::net::TcpListener::bind(addr).and_then(sidecar::alloc_count::serve);
+    if let Err(e) = served {
+        eprintln!("bare_proxy: --alloc-count {addr}: {e}");
+        std::process::exit(2);
+    }
 }
