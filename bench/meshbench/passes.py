@@ -6,7 +6,6 @@ callgrind (`instructions_pass`); and the control plane's own bench (`control_pla
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -14,7 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from .common import BENCH, CPU_LOAD, ROOT, log, median, run_text
+from .allocs import per_request, read_counts
+from .common import BENCH, CPU_LOAD, ROOT, http_status, log, median, run_text
 from .load import IDLE_CONNECTIONS, idle_connections_rss, run_oha, run_wrk, summarize
 from .processes import rss_kib, stop_many
 from .setups import SETUPS, Lab, Setup
@@ -57,6 +57,15 @@ def measure_threads(lab: Lab, mode: Mode, threads: int, oha: str | None, out: di
                             + "; ".join(f"{k}: {v}" for k, v in failed.items()))
     if not setups:
         raise RuntimeError("no setup started")
+    counting = [p.name for s in setups.values() for p in s.procs
+                if (p.announced or {}).get("admin")
+                and http_status(p.announced["admin"], "/debug/allocations") == 200]
+    if counting:
+        log(f"warning: {', '.join(counting)} count allocations: not the build to time")
+        out["notes"].append(
+            f"{threads} thread(s): {', '.join(counting)} answered /debug/allocations, so the "
+            "timed sidecar was a build with the counting allocator (--features alloc-count) "
+            "and its figures include the counting; bench/run.sh builds the plain one last.")
     t["configs"] = {k: s.config for k, s in setups.items()}
     t["addresses"] = {k: s.addr for k, s in setups.items()}
     backend_pids = lab.backend.pids()
@@ -144,63 +153,32 @@ def measure_threads(lab: Lab, mode: Mode, threads: int, oha: str | None, out: di
     finally:
         stop_many([p for s in setups.values() for p in s.procs])
 
-    log("allocations per request (proxies restarted under malloc_count.so)")
+    log("allocations per request (proxies restarted with their allocation counters)")
     t["allocs"] = alloc_pass(lab, threads, mode.alloc_duration)
     mark("allocs")
 
 
-def malloc_counts(setup: Setup, run_dir: Path) -> dict | None:
-    """Signals every process of the setup and sums the counters its shim writes."""
-    total: dict[str, int] = {}
-    for proc in setup.procs:
-        for pid in proc.pids():
-            path = run_dir / "malloc" / f"mc.{pid}"
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
-            try:
-                os.kill(pid, proc.dump_signal)
-            except OSError:
-                continue
-            deadline = time.monotonic() + 3
-            while not path.exists() and time.monotonic() < deadline:
-                time.sleep(0.01)
-            if not path.exists():
-                return None
-            for line in path.read_text().splitlines():
-                k, v = line.split()
-                if k != "pid":
-                    total[k] = total.get(k, 0) + int(v)
-    return total
-
-
 def alloc_pass(lab: Lab, threads: int, duration: float) -> dict:
+    """Allocations per request, in proxies started again with their counter (allocs.py): the
+    Rust ones from the counting build, nginx and HAProxy under malloc_count.so."""
     results = {}
     failed: dict = {}
-    setups = lab.start_setups(threads, shim=True, only=[s for s in SETUPS if s != "direct"],
+    setups = lab.start_setups(threads, alloc=True, only=[s for s in SETUPS if s != "direct"],
                               failed=failed)
     for key, why in failed.items():
-        results[key] = {"error": f"did not start under the shim: {why}"}
+        results[key] = {"error": f"did not start with its allocation counter: {why}"}
     try:
         for key, s in setups.items():
             # No warm-up: each wrk run opens its 50 connections anew anyway; their set-up,
             # spread over the run, is well under one allocation per request.
-            before = malloc_counts(s, lab.run_dir)
+            before = read_counts(s, lab.run_dir)
             r = run_wrk(s, "get.lua", duration, [])
-            after = malloc_counts(s, lab.run_dir)
+            after = read_counts(s, lab.run_dir)
             if before is None or after is None or "error" in r:
-                results[key] = {"error": r.get("error", "the shim wrote no counters")}
+                results[key] = {"counter": s.counter,
+                                "error": r.get("error", f"{s.counter} gave no counters")}
                 continue
-            d = {k: after[k] - before.get(k, 0) for k in after}
-            reqs = r["requests"]
-            results[key] = {
-                "requests": reqs,
-                "delta": d,
-                "allocs_per_req": round((d["malloc"] + d["calloc"] + d["memalign"]) / reqs, 2),
-                "frees_per_req": round(d["free"] / reqs, 2),
-                "reallocs_per_req": round(d["realloc"] / reqs, 2),
-            }
+            results[key] = per_request(s.counter, before, after, r["requests"])
     finally:
         stop_many([p for s in setups.values() for p in s.procs])
     return results

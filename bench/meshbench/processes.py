@@ -39,6 +39,8 @@ class Proc:
         self.stdout_path = run_dir / f"{name}.out"
         self.stderr_path = run_dir / f"{name}.err"
         self.announced: dict | None = None
+        # Where it serves its allocation counters as JSON (a Rust counting build), if it does.
+        self.counts_addr: str | None = None
         full_env = dict(os.environ)
         full_env.update(env or {})
         pin = ["taskset", "-c", cpus] if cpus is not None else []  # taskset execs: same PID

@@ -9,10 +9,14 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from .allocs import RUST_COUNTER, SHIM_COUNTER
 from .common import CPU_LOAD, ratio
 from .configs import BODY
 from .load import CONNECTIONS, IDLE_CONNECTIONS
 from .setups import DESCRIPTIONS, SETUPS, TITLES, TRACE_SAMPLE
+
+# How the allocation table names each counter (allocs.py).
+COUNTER_NAMES = {RUST_COUNTER: "Rust allocator", SHIM_COUNTER: "malloc_count.so"}
 
 
 def fmt(x, nd=1, dash="-"):
@@ -136,7 +140,11 @@ def loss_notes(out: dict) -> list[str]:
         sa = (allocs.get("sidecar") or {}).get("allocs_per_req")
         oa = (allocs.get(other) or {}).get("allocs_per_req")
         if sa is not None and oa is not None and sa > oa:
-            notes.append(f"allocations per request: {sa:.1f} against {name}'s {oa:.1f}.")
+            by = [COUNTER_NAMES.get((allocs.get(k) or {}).get("counter", SHIM_COUNTER), "?")
+                  for k in ("sidecar", other)]
+            notes.append(f"allocations per request: {sa:.1f} against {name}'s {oa:.1f}"
+                         + (f" (counted by the {by[0]} against {by[1]})." if by[0] != by[1]
+                            else "."))
         sl = ((lat.get("sidecar") or {}).get("median") or {})
         ol = ((lat.get(other) or {}).get("median") or {})
         for p in ("p50", "p99"):
@@ -190,14 +198,19 @@ def method_lines(mode, oha: str | None) -> list[str]:
         "master and workers, both sidecars of the mesh hop) over the run, divided by the "
         "requests wrk completed. 'proxy CPU busy' is that CPU time over the wall time (1.00 = "
         "one core saturated): only near 1.00 is the proxy, not the generator, the limit.",
-        "Allocations per request: the proxies are started a second time under "
-        "bench/.tools/malloc_count.so (LD_PRELOAD; counts malloc/calloc/realloc/free and "
-        "posix_memalign), counters dumped on a signal before and after a GET run. Kept out of "
-        "the throughput runs because its atomic counters cost the heavy allocator more. nginx "
-        "allocates from per-connection and per-request pools (one posix_memalign per pool, "
-        "then bump allocation), so its count is pool blocks, not objects; HAProxy recycles "
-        "objects through its own pools; the sidecar (Rust's System allocator = glibc malloc) "
-        "shows every object.",
+        "Allocations per request: the proxies are started a second time, each with an "
+        "allocation counter read before and after a GET run; kept out of the throughput runs "
+        "because the counters' atomic increments cost the allocating proxies more. The sidecar "
+        "and the bare Pingora proxy: a build with `--features alloc-count` "
+        "(bench/.tools/alloc-count/) whose Rust global allocator counts every alloc, dealloc "
+        "and realloc call and its bytes (sidecar/src/alloc_count.rs, over Rust's System "
+        "allocator = glibc malloc; it sees whatever allocator is linked in), read from the "
+        "sidecar's admin /debug/allocations and the bare proxy's --alloc-count listener. nginx "
+        "and HAProxy (C programs): bench/.tools/malloc_count.so (LD_PRELOAD; counts "
+        "malloc/calloc/realloc/free and posix_memalign, dumped on a signal). nginx allocates "
+        "from per-connection and per-request pools (one posix_memalign per pool, then bump "
+        "allocation), so its count is pool blocks, not objects; HAProxy recycles objects "
+        "through its own pools; the Rust proxies show every object.",
         ("Latency: oha at a fixed rate of half the slowest setup's median saturation, open "
          f"loop with --latency-correction (coordinated omission corrected), {CONNECTIONS} "
          "keep-alive connections, JSON output; medians of the percentiles over repetitions; "
@@ -322,21 +335,26 @@ def allocations(out: dict, t: dict) -> list[str]:
     a = L.append
     allocs = t.get("allocs", {})
     if allocs and "error" not in allocs:
-        a("Allocations per request = (malloc + calloc + posix_memalign) calls / requests, "
-          "from malloc_count.so in separate proxy instances "
-          f"({out['alloc_duration_s']} s GET each); frees and reallocs per request:")
+        a("Allocations per request = allocation calls / requests, in separate proxy instances "
+          f"({out['alloc_duration_s']} s GET each), from the counter each row names: "
+          "`Rust allocator` = the counting global allocator of the build with "
+          "`--features alloc-count` (alloc + alloc_zeroed calls; bytes = the sizes asked for), "
+          "`malloc_count.so` = the LD_PRELOAD shim (malloc + calloc + posix_memalign calls). "
+          "frees = dealloc or free calls:")
         a("")
-        a("| setup | allocs/req | frees/req | reallocs/req |")
-        a("| --- | ---: | ---: | ---: |")
+        a("| setup | counted by | allocs/req | frees/req | reallocs/req | bytes allocated/req |")
+        a("| --- | --- | ---: | ---: | ---: | ---: |")
         for key in SETUPS:
             al = allocs.get(key)
             if not al:
                 continue
+            by = COUNTER_NAMES.get(al.get("counter", SHIM_COUNTER), al.get("counter"))
             if "error" in al:
-                a(f"| {TITLES[key]} | n/a: {al['error']} | | |")
+                a(f"| {TITLES[key]} | {by} | n/a: {al['error']} | | | |")
             else:
-                a(f"| {TITLES[key]} | {al['allocs_per_req']:.1f} | {al['frees_per_req']:.1f} "
-                  f"| {al['reallocs_per_req']:.2f} |")
+                a(f"| {TITLES[key]} | {by} | {al['allocs_per_req']:.1f} "
+                  f"| {al['frees_per_req']:.1f} | {al['reallocs_per_req']:.2f} "
+                  f"| {fmt(al.get('alloc_bytes_per_req'), 0)} |")
         a("")
     elif isinstance(allocs, dict) and "error" in allocs:
         a(f"Allocations: not measured ({allocs['error']}).")

@@ -34,6 +34,9 @@ def parse_args() -> tuple[argparse.Namespace, Mode, str | None]:
     ap.add_argument("--quick", action="store_true", default=os.environ.get("QUICK", "") not in ("", "0"))
     ap.add_argument("--bin-dir", default=str(ROOT / "target" / "release"))
     ap.add_argument("--tools", default=str(BENCH / ".tools"))
+    ap.add_argument("--alloc-bin-dir", default=str(BENCH / ".tools" / "alloc-count"),
+                    help="the sidecar and bare_proxy built with --features alloc-count, for "
+                    "the allocation pass (bench/run.sh puts them there)")
     ap.add_argument("--out-dir", default=str(BENCH / "results"))
     ap.add_argument("--profile", action="store_true", default=os.environ.get("BENCH_PROFILE", "") not in ("", "0"),
                     help="perf-profile the sidecar in quick mode too (env BENCH_PROFILE=1)")
@@ -170,6 +173,11 @@ def main() -> int:
     out = new_report(mode, oha, started)
 
     lab = Lab(args, run_dir)
+    if lab.counting_bins is None:
+        out["notes"].append(
+            f"no counting build in {args.alloc_bin_dir} (sidecar and bare_proxy built with "
+            "--features alloc-count, as bench/run.sh does): the sidecar's and bare Pingora's "
+            "allocations were counted by malloc_count.so instead of their Rust allocator.")
     code = 0
     try:
         if not measure(lab, args, mode, oha, out):

@@ -1,5 +1,5 @@
 """The seven setups: what each is, and the `Lab` that starts the backend and the proxies of
-each (pinned, optionally under the malloc_count shim or wrapped in valgrind) and waits until
+each (pinned, optionally with its allocation counter or wrapped in valgrind) and waits until
 they answer.
 
     direct    client -> backend
@@ -19,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 
+from .allocs import RUST_COUNTER, RUST_SETUPS, SHIM_COUNTER
 from .common import CPU_LOAD, CPU_PROXY, free_port, http_status, log, wait_for
 from .configs import (haproxy_conf, nginx_backend_conf, nginx_proxy_conf, table_plain,
                       table_policies)
@@ -63,6 +64,8 @@ class Setup:
         self.procs = procs  # the proxy processes (empty for direct)
         self.config = config
         self.host = host
+        # Started for the allocation pass: which counter counts it (allocs.py); else None.
+        self.counter: str | None = None
 
     @property
     def url(self) -> str:
@@ -114,8 +117,15 @@ class Lab:
         self.backend: Proc | None = None
         self.features: dict = {}
         self.otlp = OtlpSink()
+        # The sidecar and bare proxy built with `--features alloc-count` (bench/run.sh copies
+        # them there) for the allocation pass; None when missing: the shim counts them then.
+        self.counting_bins = counting_build(Path(args.alloc_bin_dir))
         # A command prefix for every proxy started (valgrind for the instruction pass).
         self.wrap: list[str] = []
+
+    def rust_counted(self, alloc: bool) -> bool:
+        """Whether a Rust proxy started for the allocation pass counts at its own allocator."""
+        return alloc and self.counting_bins is not None
 
     def shim_env(self, on: bool, dump_signal: int) -> dict:
         if not on:
@@ -145,16 +155,18 @@ class Lab:
         return f"127.0.0.1:{self.backend_ports[i]}"
 
     def start_sidecar(self, name: str, table: str, threads: int, cpus: str, app: str,
-                      shim: bool, listener: str, flags: list[str] = (),
+                      alloc: bool, listener: str, flags: list[str] = (),
                       env: dict | None = None) -> tuple[Proc, str]:
         table_path = self.run_dir / f"{name}.toml"
         table_path.write_text(table)
-        argv = [*self.wrap, str(self.bin_dir / "sidecar"), "--service", "b" if listener == "inbound" else "client",
+        rust = self.rust_counted(alloc)
+        binary = (self.counting_bins if rust else self.bin_dir) / "sidecar"
+        argv = [*self.wrap, str(binary), "--service", "b" if listener == "inbound" else "client",
                 "--table", str(table_path), "--outbound", "127.0.0.1:0", "--inbound", "127.0.0.1:0",
                 "--admin", "127.0.0.1:0", "--app", app, "--threads", str(threads),
                 "--shutdown-grace-s", "1", *flags]
         env = {"RUST_LOG": os.environ.get("BENCH_RUST_LOG", "info"), **(env or {})}
-        env.update(self.shim_env(shim, signal.SIGUSR2))
+        env.update(self.shim_env(alloc and not rust, signal.SIGUSR2))
         p = Proc(name, argv, cpus, self.run_dir, env=env, dump_signal=signal.SIGUSR2)
         slow = 4 if self.wrap else 1  # under valgrind everything starts slower
         wait_listening([p], 30 * slow)
@@ -166,19 +178,25 @@ class Lab:
             return http_status(found["admin"], "/ready") == 200
 
         wait_for(ready, 30 * slow, f"{name} /ready")
+        if rust:
+            p.counts_addr = found["admin"]
         return p, found[listener]
 
-    def start_setups(self, threads: int, shim: bool = False, only: list[str] | None = None,
+    def start_setups(self, threads: int, alloc: bool = False, only: list[str] | None = None,
                      failed: dict | None = None) -> dict:
-        """Starts the setups; one that fails to start is logged, left out and named in failed."""
+        """Starts the setups; one that fails to start is logged, left out and named in failed.
+        `alloc`: each with its allocation counter (allocs.py), for the allocation pass."""
         cpus = CPU_PROXY[threads]
-        suffix = f"-t{threads}" + ("-shim" if shim else "")
+        suffix = f"-t{threads}" + ("-alloc" if alloc else "")
         setups: dict[str, Setup] = {}
         for key in only or SETUPS:
             try:
-                s = self.start_setup(key, threads, cpus, suffix, shim)
+                s = self.start_setup(key, threads, cpus, suffix, alloc)
                 if s is None:
                     continue
+                if alloc:
+                    rust = key in RUST_SETUPS and self.rust_counted(alloc)
+                    s.counter = RUST_COUNTER if rust else SHIM_COUNTER
                 wait_for(lambda s=s: http_status(s.addr) == 200, 60 if self.wrap else 15,
                          f"setup {key} on {s.addr}")
                 setups[key] = s
@@ -190,23 +208,23 @@ class Lab:
         time.sleep(0.3)
         return setups
 
-    def start_setup(self, key: str, threads: int, cpus: str, suffix: str, shim: bool):
+    def start_setup(self, key: str, threads: int, cpus: str, suffix: str, alloc: bool):
         backend = self.backend_addr()
         if key == "direct":
-            return None if shim else Setup("direct", backend, [], self.backend_conf)
+            return None if alloc else Setup("direct", backend, [], self.backend_conf)
         if key == "sidecar":
             table = table_plain(backend)
             p, addr = self.start_sidecar(f"sidecar{suffix}", table, threads, cpus, backend,
-                                         shim, "outbound", SIDECAR_FLAGS_NONE)
+                                         alloc, "outbound", SIDECAR_FLAGS_NONE)
             return Setup("sidecar", addr, [p],
                          f"# sidecar --threads {threads} {' '.join(SIDECAR_FLAGS_NONE)}\n{table}")
         if key == "mesh":
             table_in = table_plain(backend)
             pin, in_addr = self.start_sidecar(f"mesh-inbound{suffix}", table_in, threads, cpus,
-                                              backend, shim, "inbound", SIDECAR_FLAGS_NONE)
+                                              backend, alloc, "inbound", SIDECAR_FLAGS_NONE)
             table_out = table_plain(in_addr)
             pout, out_addr = self.start_sidecar(f"mesh-outbound{suffix}", table_out, threads,
-                                                cpus, backend, shim, "outbound",
+                                                cpus, backend, alloc, "outbound",
                                                 SIDECAR_FLAGS_NONE)
             none = " ".join(SIDECAR_FLAGS_NONE)
             return Setup("mesh", out_addr, [pout, pin],
@@ -218,7 +236,7 @@ class Lab:
             name = f"nginx{suffix}"
             conf = nginx_proxy_conf(self.run_dir, name, port, self.backend_ports[0], threads,
                                     master=not self.wrap)
-            p = self.start_nginx(name, conf, cpus, shim)
+            p = self.start_nginx(name, conf, cpus, alloc)
             return Setup("nginx", f"127.0.0.1:{port}", [p], conf)
         if key == "haproxy":
             port = free_port()
@@ -227,7 +245,7 @@ class Lab:
             path.write_text(conf)
             p = Proc(f"haproxy{suffix}", [*self.wrap, "haproxy", "-db", "-f", str(path)], cpus,
                      self.run_dir,
-                     env=self.shim_env(shim, RT_DUMP_SIGNAL), dump_signal=RT_DUMP_SIGNAL)
+                     env=self.shim_env(alloc, RT_DUMP_SIGNAL), dump_signal=RT_DUMP_SIGNAL)
             return Setup("haproxy", f"127.0.0.1:{port}", [p], conf)
         if key == "policies":
             table = table_policies([self.backend_addr(0), self.backend_addr(1)])
@@ -236,18 +254,29 @@ class Lab:
                    "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
                    "OTEL_TRACES_SAMPLER_ARG": TRACE_SAMPLE}
             p, addr = self.start_sidecar(f"policies{suffix}", table, threads, cpus, backend,
-                                         shim, "outbound", env=env)
+                                         alloc, "outbound", env=env)
             envs = " ".join(f"{k}={v}" for k, v in env.items())
             return Setup("policies", addr, [p],
                          f"# {envs} sidecar --threads {threads}\n{table}")
         if key == "pingora":
             port = free_port()
-            argv = [*self.wrap, str(self.bin_dir / "examples" / "bare_proxy"),
-                    f"127.0.0.1:{port}", backend, "--threads", str(threads)]
-            env = self.shim_env(shim, signal.SIGUSR2)
+            rust = self.rust_counted(alloc)
+            binary = (self.counting_bins if rust else self.bin_dir / "examples") / "bare_proxy"
+            counts = ["--alloc-count", f"127.0.0.1:{free_port()}"] if rust else []
+            argv = [*self.wrap, str(binary), f"127.0.0.1:{port}", backend,
+                    "--threads", str(threads), *counts]
+            env = self.shim_env(alloc and not rust, signal.SIGUSR2)
             p = Proc(f"pingora{suffix}", argv, cpus, self.run_dir, env=env,
                      dump_signal=signal.SIGUSR2)
+            if rust:
+                p.counts_addr = counts[1]
             return Setup("pingora", f"127.0.0.1:{port}", [p],
                          f"# {' '.join(argv[len(self.wrap):])}\n"
                          "# sidecar/examples/bare_proxy.rs: HttpPeer to the backend, no timeouts")
         raise ValueError(key)
+
+
+def counting_build(d: Path) -> Path | None:
+    """`d` when it holds the sidecar and bare_proxy built with `--features alloc-count`."""
+    ok = all(os.access(d / b, os.X_OK) for b in ("sidecar", "bare_proxy"))
+    return d if ok else None
