@@ -11,6 +11,8 @@ Layout, in the order a run uses it:
 - `load`: the load generators (wrk, oha, idle keep-alive clients) and their figures;
 - `passes`: saturation, latency, memory and profile per thread count; allocations;
   instructions under callgrind; the control plane;
+- `allocs`: the two allocation counters (the Rust allocator's over HTTP, malloc_count.so's on
+  a signal) and the figures per request;
 - `machine`: the machine, tool versions, git commit, busy processes;
 - `ratios`: ratios between setups and the change against the previous run;
 - `report`: the markdown (one function per section), the JSON, the chart, the summary;
