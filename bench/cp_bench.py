@@ -23,8 +23,9 @@ Two figures (logs go to stderr):
    Both run at the same time against one control plane (210 pollers). Quick: one change; full:
    three changes, medians of the per-change figures.
 
-Python 3.11, standard library only. Every child gets PR_SET_PDEATHSIG and is stopped with SIGTERM
-then SIGKILL, also on errors; the temp dir is removed.
+Python 3.11, standard library only. Children, CPU accounting, logging and the HTTP GET are the
+harness's (bench/meshbench); every child gets PR_SET_PDEATHSIG and is stopped with SIGTERM then
+SIGKILL, also on errors; the temp dir is removed.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import ctypes
 import json
 import math
 import os
@@ -48,6 +48,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
+
+from meshbench.common import http_get, log, set_log_name
+from meshbench.processes import (Proc, cpu_busy_per_cpu, cpu_busy_share, cpu_seconds, stop_all,
+                                 stop_many, wait_listening)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TABLE_SRC = os.path.join(ROOT, "k8s", "overlays", "dev", "table.toml")
@@ -55,157 +60,21 @@ ENV = "dev"
 TABLE_PATH = f"/v1/envs/{ENV}/table"
 
 
-def log(*args: object) -> None:
-    print("[cp_bench]", *args, file=sys.stderr, flush=True)
+set_log_name("cp_bench")
+
+# Children: meshbench's Proc, with SIGKILL when this process dies (PR_SET_PDEATHSIG), logs in
+# the temp dir, stopped with SIGTERM then SIGKILL after 5 s.
+GRACE_S = 5.0
+
+
+def start(tmp: str, name: str, argv: list[str], cpu: int | None = None,
+          env: dict | None = None) -> Proc:
+    return Proc(name, argv, None if cpu is None else str(cpu), Path(tmp), env=env,
+                die_with_parent=True)
 
 
 # ---------------------------------------------------------------------------------------------
-# Children
-
-_libc = ctypes.CDLL(None, use_errno=True)
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """preexec_fn: the child gets SIGKILL when this process dies (even by SIGKILL)."""
-    _libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-
-
-class Child:
-    def __init__(self, name: str, proc: subprocess.Popen, out: str, err: str):
-        self.name, self.proc, self.out, self.err = name, proc, out, err
-        self.listening: dict | None = None
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def stderr_tail(self, n: int = 15) -> str:
-        try:
-            with open(self.err, "rb") as f:
-                lines = f.read().decode("utf-8", "replace").splitlines()
-            return "\n".join(lines[-n:])
-        except OSError:
-            return ""
-
-    def check_listening(self) -> dict | None:
-        """The JSON of its `LISTENING {...}` line once printed; raises if it exited."""
-        if self.listening is None:
-            with open(self.out, "rb") as f:
-                for line in f.read().decode("utf-8", "replace").splitlines():
-                    if line.startswith("LISTENING "):
-                        self.listening = json.loads(line[len("LISTENING "):])
-                        break
-        if self.listening is None and self.proc.poll() is not None:
-            raise RuntimeError(
-                f"{self.name} exited with {self.proc.returncode} before LISTENING:\n"
-                + self.stderr_tail()
-            )
-        return self.listening
-
-
-class Children:
-    def __init__(self, tmp: str):
-        self.tmp = tmp
-        self.all: list[Child] = []
-
-    def start(self, name: str, argv: list[str], cpu: int | None = None,
-              env: dict | None = None) -> Child:
-        if cpu is not None:
-            argv = ["taskset", "-c", str(cpu)] + argv  # taskset execs: the PID is the binary's
-        out = os.path.join(self.tmp, f"{name}.stdout")
-        err = os.path.join(self.tmp, f"{name}.stderr")
-        with open(out, "wb") as fo, open(err, "wb") as fe:
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe,
-                preexec_fn=_die_with_parent, env=env, close_fds=True,
-            )
-        child = Child(name, proc, out, err)
-        self.all.append(child)
-        return child
-
-    @staticmethod
-    def wait_listening(children: list[Child], timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            waiting = [c for c in children if c.check_listening() is None]
-            if not waiting:
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"no LISTENING line within {timeout}s from "
-                    + ", ".join(c.name for c in waiting)
-                    + "\n" + waiting[0].stderr_tail()
-                )
-            time.sleep(0.02)
-
-    def stop(self, children: list[Child] | None = None, grace: float = 5.0) -> None:
-        children = self.all if children is None else children
-        for c in children:
-            if c.proc.poll() is None:
-                try:
-                    c.proc.send_signal(signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + grace
-        for c in children:
-            try:
-                c.proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log(f"{c.name} (pid {c.pid}) ignored SIGTERM for {grace}s: SIGKILL")
-                c.proc.kill()
-                c.proc.wait()
-        for c in children:
-            if c in self.all:
-                self.all.remove(c)
-
-
-def cpu_busy_ticks() -> dict[str, tuple[int, int]]:
-    """Per CPU (busy, total) jiffies from /proc/stat."""
-    out = {}
-    with open("/proc/stat") as f:
-        for line in f:
-            if line.startswith("cpu") and line[3].isdigit():
-                name, *vals = line.split()
-                v = [int(x) for x in vals[:8]]
-                idle = v[3] + v[4]
-                out[name[3:]] = (sum(v) - idle, sum(v))
-    return out
-
-
-def cpu_busy_share(before: dict, after: dict) -> dict[str, float]:
-    """Share of each CPU that was busy (any process) between two cpu_busy_ticks()."""
-    res = {}
-    for cpu, (b1, t1) in after.items():
-        b0, t0 = before.get(cpu, (0, 0))
-        res[cpu] = round((b1 - b0) / (t1 - t0), 3) if t1 > t0 else None
-    return res
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, in seconds, from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        data = f.read().decode()
-    fields = data[data.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-# ---------------------------------------------------------------------------------------------
-# Tiny blocking HTTP/1.1 client (setup, metrics scrapes)
-
-def http_get(addr: str, path: str, headers: dict | None = None,
-             timeout: float = 5.0) -> tuple[int, dict, bytes]:
-    import http.client
-    host, port = addr.rsplit(":", 1)
-    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
-    try:
-        conn.request("GET", path, headers=headers or {})
-        r = conn.getresponse()
-        body = r.read()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, body
-    finally:
-        conn.close()
-
+# The control plane's own figures (its /metrics)
 
 METRIC_RE = re.compile(
     r'^meshlab_cp_table_requests_total\{([^}]*)\}\s+([0-9.eE+]+)\s*$', re.M)
@@ -244,7 +113,7 @@ UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
 
 
 def run_wrk(addr: str, etag: str, conns: int, duration: int, cpu: int | None,
-            tmp: str, children: Children) -> dict:
+            tmp: str) -> dict:
     lua = os.path.join(tmp, "if_none_match.lua")
     with open(lua, "w") as f:
         f.write(
@@ -256,18 +125,18 @@ def run_wrk(addr: str, etag: str, conns: int, duration: int, cpu: int | None,
     argv = ["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", "-s", lua,
             f"http://{addr}"]
     name = f"wrk-{len(os.listdir(tmp))}"
-    c = children.start(name, argv, cpu=cpu)
+    c = start(tmp, name, argv, cpu=cpu)
     t0 = time.monotonic()
     try:
-        c.proc.wait(duration + 30)
+        c.popen.wait(duration + 30)
     except subprocess.TimeoutExpired:
         raise RuntimeError("wrk did not finish")
     wall = time.monotonic() - t0
-    children.stop([c])
-    with open(c.out) as f:
-        text = f.read()
-    if c.proc.returncode != 0:
-        raise RuntimeError(f"wrk failed ({c.proc.returncode}): {text}\n{c.stderr_tail()}")
+    stop_many([c], GRACE_S)
+    text = c.stdout_path.read_text()
+    if c.popen.returncode != 0:
+        err = c.tail(15, "\n")
+        raise RuntimeError(f"wrk failed ({c.popen.returncode}): {text}\n{err}")
     res: dict = {"raw": text}
     m = WRK_SUMMARY["requests"].search(text)
     res["requests"] = int(m.group(1)) if m else None
@@ -358,16 +227,16 @@ def python_client(addr: str, etag: str, conns: int, duration: float) -> dict:
     }
 
 
-def bench_304(bins: str, tmp: str, children: Children, quick: bool, cp_cpu: int | None,
+def bench_304(bins: str, tmp: str, quick: bool, cp_cpu: int | None,
               load_cpu: int | None, conns: int, force_python: bool) -> dict:
     tables = os.path.join(tmp, "tables-304")
     os.makedirs(tables)
     shutil.copy(TABLE_SRC, os.path.join(tables, f"{ENV}.toml"))
-    cp = children.start("cp-304", [os.path.join(bins, "control-plane"), "--tables", tables,
+    cp = start(tmp, "cp-304", [os.path.join(bins, "control-plane"), "--tables", tables,
                                    "--listen", "127.0.0.1:0", "--watch-interval", "1s"],
                         cpu=cp_cpu)
-    Children.wait_listening([cp])
-    addr = cp.listening["control_plane"]
+    wait_listening([cp], 20)
+    addr = cp.announced["control_plane"]
     status, headers, _ = http_get(addr, TABLE_PATH)
     if status != 200 or "etag" not in headers:
         raise RuntimeError(f"GET {TABLE_PATH}: {status} {headers}")
@@ -387,7 +256,7 @@ def bench_304(bins: str, tmp: str, children: Children, quick: bool, cp_cpu: int 
 
     def run(d: int) -> dict:
         if use_wrk:
-            return run_wrk(addr, etag, conns, d, load_cpu, tmp, children)
+            return run_wrk(addr, etag, conns, d, load_cpu, tmp)
         if load_cpu is not None:
             os.sched_setaffinity(0, {load_cpu})
         try:
@@ -397,17 +266,17 @@ def bench_304(bins: str, tmp: str, children: Children, quick: bool, cp_cpu: int 
 
     run(warmup)
     before = table_request_counts(addr)
-    cpu_before = proc_cpu_seconds(cp.pid)
-    busy_before = cpu_busy_ticks()
+    cpu_before = cpu_seconds([cp.pid])
+    busy_before = cpu_busy_per_cpu()
     ru_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     gen = run(duration)
     wall = time.monotonic() - t0
     ru_after = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk is the one child reaped
-    busy_after = cpu_busy_ticks()
-    cpu_after = proc_cpu_seconds(cp.pid)
+    busy_after = cpu_busy_per_cpu()
+    cpu_after = cpu_seconds([cp.pid])
     after = table_request_counts(addr)
-    children.stop([cp])
+    stop_many([cp], GRACE_S)
 
     delta = {k: after.get(k, 0) - before.get(k, 0) for k in set(after) | set(before)}
     cp_total = sum(delta.values())
@@ -720,7 +589,7 @@ def cp_loaded_timestamp_async_safe(addr: str) -> float | None:
 DNS_ENDPOINTS = re.compile(r'^(\s*endpoints\s*=\s*)"dns:[^"]*:(\d+)"', re.M)
 
 
-def bench_propagation(bins: str, tmp: str, children: Children, quick: bool,
+def bench_propagation(bins: str, tmp: str, quick: bool,
                       cp_cpu: int | None, n_pollers: int, n_sidecars: int,
                       keep_dns: bool) -> dict:
     tables = os.path.join(tmp, "tables-prop")
@@ -736,11 +605,11 @@ def bench_propagation(bins: str, tmp: str, children: Children, quick: bool,
         text, replaced = DNS_ENDPOINTS.subn(r'\1["127.0.0.1:\2"]', text)
     with open(table, "w") as f:
         f.write(text)
-    cp = children.start("cp-prop", [os.path.join(bins, "control-plane"), "--tables", tables,
+    cp = start(tmp, "cp-prop", [os.path.join(bins, "control-plane"), "--tables", tables,
                                     "--listen", "127.0.0.1:0", "--watch-interval", "200ms"],
                         cpu=cp_cpu)
-    Children.wait_listening([cp])
-    addr = cp.listening["control_plane"]
+    wait_listening([cp], 20)
+    addr = cp.announced["control_plane"]
     log(f"propagation: control-plane pid {cp.pid} on {addr}, watch interval 200ms")
     env = dict(os.environ)
     env.setdefault("RUST_LOG", "warn")
@@ -750,18 +619,18 @@ def bench_propagation(bins: str, tmp: str, children: Children, quick: bool,
     for n in range(n_sidecars):
         if n:
             time.sleep(1.0 / n_sidecars)
-        sidecars.append(children.start(f"sidecar-{n}", [
+        sidecars.append(start(tmp, f"sidecar-{n}", [
             os.path.join(bins, "sidecar"), "--service", f"lab-bench-{n}",
             "--control-plane", f"http://{addr}", "--env", ENV,
             "--outbound", "127.0.0.1:0", "--inbound", "127.0.0.1:0", "--admin", "127.0.0.1:0",
             "--app", "127.0.0.1:9", "--poll-interval", "1s"], env=env))
     t = time.monotonic()
-    Children.wait_listening(sidecars, timeout=30)
+    wait_listening(sidecars, 30)
     log(f"propagation: {n_sidecars} sidecars listening after {time.monotonic() - t:.2f}s")
-    admins = [s.listening["admin"] for s in sidecars]
+    admins = [s.announced["admin"] for s in sidecars]
     res = asyncio.run(propagation(addr, admins, table, n_pollers, 1 if quick else 3,
                                   poll_interval=1.0, admin_every=0.02))
-    children.stop(sidecars + [cp])
+    stop_many(sidecars + [cp], GRACE_S)
     res.update({
         "watch_interval": "200ms",
         "poll_interval": "1s",
@@ -834,7 +703,6 @@ def main() -> int:
         log(f"not pinning: taskset missing or CPUs {args.cp_cpu}/{args.load_cpu} not in {cpus}")
 
     tmp = tempfile.mkdtemp(prefix="cp_bench.")
-    children = Children(tmp)
     result: dict = {
         "bench": "control-plane",
         "mode": "quick" if args.quick else "full",
@@ -844,13 +712,13 @@ def main() -> int:
         "pinned": pin,
     }
     try:
-        result["poll_304"] = bench_304(bins, tmp, children, args.quick, cp_cpu, load_cpu,
+        result["poll_304"] = bench_304(bins, tmp, args.quick, cp_cpu, load_cpu,
                                        args.connections, args.python_client)
-        result["propagation"] = bench_propagation(bins, tmp, children, args.quick, cp_cpu,
+        result["propagation"] = bench_propagation(bins, tmp, args.quick, cp_cpu,
                                                   args.pollers, args.sidecars,
                                                   args.keep_dns)
     finally:
-        children.stop()
+        stop_all(GRACE_S)
         if args.keep_tmp:
             log(f"kept {tmp}")
         else:

@@ -3,7 +3,9 @@
 #   - Debian packages wrk, nginx, haproxy, gnuplot-nox, valgrind: installed only when a command
 #     is missing (apt-get update only then).
 #   - the release build of every binary and of the bare Pingora proxy the sidecar is measured
-#     against (sidecar/examples/bare_proxy.rs).
+#     against (sidecar/examples/bare_proxy.rs); before it, the sidecar and the bare proxy built
+#     with `--features sidecar/alloc-count` (their allocations counted at the Rust allocator),
+#     copied to bench/.tools/alloc-count/ for the allocation pass.
 #   - oha, the open-loop load generator, into bench/.tools/ (cargo install, once); when it
 #     cannot be built the harness falls back to wrk's closed-loop latency and says so.
 #   - bench/.tools/malloc_count.so, the LD_PRELOAD allocation counter (gcc, when the source
@@ -39,12 +41,19 @@ fi
 export PATH="$PATH:/usr/sbin:/sbin"
 
 # --- the binaries under test -----------------------------------------------------------------
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+# One selection for both builds: the same dependency features as the workspace build, so only
+# the sidecar crate is compiled twice (cargo keeps both variants, a rerun only relinks).
+build=(--release --workspace --bins --example bare_proxy)
+mkdir -p "$TOOLS/alloc-count"
+log "building the sidecar and the bare proxy with the allocation counter (alloc-count)"
+"$CARGO" build "${build[@]}" --features sidecar/alloc-count
+cp "$TARGET/release/sidecar" "$TARGET/release/examples/bare_proxy" "$TOOLS/alloc-count/"
+# Last, so target/release holds the plain binaries every other pass times.
 log "building the release binaries"
-# One command: the same feature set as the workspace build, so nothing is built twice.
-"$CARGO" build --release --workspace --bins --example bare_proxy
+"$CARGO" build "${build[@]}"
 
 # --- oha: open-loop load generator with latency correction ------------------------------------
-mkdir -p "$TOOLS"
 if [[ ! -x "$TOOLS/bin/oha" ]]; then
     log "installing oha into bench/.tools (once; a few minutes)"
     if ! "$CARGO" install oha --locked --root "$TOOLS" >"$TOOLS/oha-install.log" 2>&1; then
@@ -61,7 +70,7 @@ if [[ ! -f "$SHIM" || "$ROOT/bench/malloc_count.c" -nt "$SHIM" ]]; then
 fi
 
 # --- measure -------------------------------------------------------------------------------------
-args=(--bin-dir "$ROOT/target/release" --tools "$TOOLS")
+args=(--bin-dir "$TARGET/release" --tools "$TOOLS" --alloc-bin-dir "$TOOLS/alloc-count")
 if [[ -n "$QUICK" && "$QUICK" != "0" ]]; then
     args+=(--quick)
 fi

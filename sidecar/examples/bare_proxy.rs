@@ -5,10 +5,16 @@
 //! this is ours; what this costs above nginx is Pingora's.
 //!
 //! ```text
-//! bare_proxy LISTEN UPSTREAM [--threads N] [--timeouts]
+//! bare_proxy LISTEN UPSTREAM [--threads N] [--timeouts] [--alloc-count ADDR]
 //! ```
 //! `--timeouts` sets the connect, read, write and idle timeouts on the peer as the sidecar does
 //! (each read and write then arms a timer), to price them separately.
+//!
+//! Built with `--features alloc-count`, it counts allocations like the sidecar does (the
+//! sidecar crate's counting global allocator, `sidecar::alloc_count`), and `--alloc-count ADDR`
+//! answers every GET on ADDR (loopback) with the counters as JSON, the same object as the
+//! sidecar's admin `GET /debug/allocations`: it has no admin port of its own. It links the
+//! sidecar's allocator, mimalloc, either way.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -19,6 +25,11 @@ use pingora_core::server::Server;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::Result;
 use pingora_proxy::{http_proxy_service_with_name, ProxyHttp, Session};
+
+/// The sidecar's allocator (see its `main.rs`), so the two differ only in what they do.
+#[cfg(not(feature = "alloc-count"))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 struct Bare {
     upstream: SocketAddr,
@@ -44,7 +55,10 @@ impl ProxyHttp for Bare {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: bare_proxy LISTEN_ADDR UPSTREAM_ADDR [--threads N] [--timeouts]");
+    eprintln!(
+        "usage: bare_proxy LISTEN_ADDR UPSTREAM_ADDR [--threads N] [--timeouts] \
+         [--alloc-count ADDR]"
+    );
     std::process::exit(2);
 }
 
@@ -57,7 +71,7 @@ fn main() {
         eprintln!("bare_proxy: upstream {upstream:?}: {e}");
         std::process::exit(2)
     });
-    let (mut threads, mut timeouts) = (1, false);
+    let (mut threads, mut timeouts, mut counts_on) = (1, false, None);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--threads" => {
@@ -67,8 +81,12 @@ fn main() {
                     .unwrap_or_else(|| usage())
             }
             "--timeouts" => timeouts = true,
+            "--alloc-count" => counts_on = Some(args.next().unwrap_or_else(|| usage())),
             _ => usage(),
         }
+    }
+    if let Some(addr) = counts_on {
+        serve_alloc_counts(&addr);
     }
     let conf = ServerConf {
         threads,
@@ -85,4 +103,18 @@ fn main() {
     let addr: std::net::SocketAddr = listen.parse().unwrap_or_else(|_| usage());
     mesh_proto::listening::announce([("proxy", addr)]).expect("printing the LISTENING line");
     server.run_forever()
+}
+
+/// `--alloc-count ADDR`: the counters on a loopback listener, or exit 2 when this build does
+/// not count (no `alloc-count` feature) or ADDR cannot be bound.
+fn serve_alloc_counts(addr: &str) {
+    if sidecar::alloc_count::global().is_none() {
+        eprintln!("bare_proxy: --alloc-count: built without the alloc-count feature");
+        std::process::exit(2);
+    }
+    let served = std::net::TcpListener::bind(addr).and_then(sidecar::alloc_count::serve);
+    if let Err(e) = served {
+        eprintln!("bare_proxy: --alloc-count {addr}: {e}");
+        std::process::exit(2);
+    }
 }

@@ -28,8 +28,10 @@
 //!   the `admin` HTTP server, and the listening `ports` (port 0, the `LISTENING` line);
 //! - `telemetry/`: the Prometheus `metrics`, resolved per route so the hot path only touches
 //!   atomics, and the `trace` spans of both hops with the `traceparent` each sends on
-//!   (OpenTelemetry).
+//!   (OpenTelemetry);
+//! - `alloc_count`: with the `alloc-count` feature, a counting global allocator for the bench.
 
+pub mod alloc_count;
 pub mod config;
 pub mod conn;
 pub mod control;

@@ -12,6 +12,8 @@
 //!   proxy keeps serving whatever still arrives. State-changing endpoints need
 //!   `Authorization: Bearer <token>` with the token of `--admin-token` (`MESH_ADMIN_TOKEN`);
 //!   without a token configured they are disabled;
+//! - `/debug/allocations`: only with the `alloc-count` feature: the allocator's counters as
+//!   JSON (`alloc_count::Snapshot`), read by the bench before and after a load run;
 //! - `/`: this list.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,7 +43,7 @@ pub struct AdminState {
 }
 
 pub fn app(state: AdminState) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/", get(index))
         .route("/live", get(|| async { Json(json!({ "live": true })) }))
         .route("/ready", get(ready))
@@ -50,12 +52,24 @@ pub fn app(state: AdminState) -> Router {
         .route("/breakers", get(breakers))
         .route("/metrics", get(metrics))
         .route("/drain", post(drain))
-        .route("/undrain", post(undrain))
-        .with_state(state)
+        .route("/undrain", post(undrain));
+    #[cfg(feature = "alloc-count")]
+    let router = router.route(
+        "/debug/allocations",
+        get(|| async { Json(crate::alloc_count::global()) }),
+    );
+    router.with_state(state)
 }
 
-async fn index() -> &'static str {
-    "meshlab sidecar admin\n\
+async fn index() -> String {
+    let mut list = INDEX.to_owned();
+    if cfg!(feature = "alloc-count") {
+        list.push_str("/debug/allocations  the allocator's counters (built with alloc-count)\n");
+    }
+    list
+}
+
+const INDEX: &str = "meshlab sidecar admin\n\
      /live       200 while the process runs\n\
      /ready      200 once a routing table is loaded and the listeners accept\n\
      /config     the active routing table, its version and source, the last poll and its error\n\
@@ -63,8 +77,7 @@ async fn index() -> &'static str {
      /metrics    Prometheus metrics (text format)\n\
      /breakers   per service: each endpoint's breaker (closed, open, half-open), concurrency in use and its limit, retry budget\n\
      POST /drain    /ready answers 503 \"draining\" (needs Authorization: Bearer <--admin-token>)\n\
-     POST /undrain  /ready serves normally again (same token)\n"
-}
+     POST /undrain  /ready serves normally again (same token)\n";
 
 async fn ready(State(s): State<AdminState>) -> Response {
     let table = s.mesh.routes().is_some();
