@@ -1,7 +1,9 @@
 //! One client connection: the loop that reads its requests one after another and hands each to
 //! a listener's [`Handler`], on pingora-core's HTTP/1 server session.
 //!
-//! One task per connection (the listening service spawns it), no task or channel per request.
+//! One task per connection (the listening service spawns it), no task or channel per request;
+//! each request's serving future is one allocation, freed when the response is done, so an
+//! idle connection holds only its session.
 //! Pipelined requests are answered in order (RFC 9112 9.3.2): bytes read past one request are
 //! the start of the next. An Upgrade request (WebSocket) is handed over, still unanswered, to
 //! pingora-proxy's `HttpProxy` with a slim `ProxyHttp` of its own (`tunnel`): the request's
@@ -90,7 +92,11 @@ impl<H: Handler> ServerApp for Listener<H> {
                 self.hand_over(s, &shutdown).await;
                 return None;
             }
-            self.handler.serve(&mut s).await;
+            // Boxed: the serving future is large (every await of the attempt loop, pingora's
+            // session futures), and inline it would be part of this connection's task, held
+            // while the connection sits idle between requests (measured: ~80 KiB of RSS per
+            // idle client connection inline). Boxed, it lives for one request.
+            Box::pin(self.handler.serve(&mut s)).await;
             match s.reuse().await {
                 Ok(Some(reusable)) => (stream, prefix) = reusable.into_parts(),
                 _ => return None,

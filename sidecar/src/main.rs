@@ -4,6 +4,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use clap::Parser;
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
@@ -13,7 +14,7 @@ use pingora_proxy::http_proxy;
 use sidecar::config::{Args, LogFormat, Switch};
 use sidecar::conn::Listener;
 use sidecar::control::admin::{AdminService, AdminState};
-use sidecar::control::ports::{reserve, Announcer};
+use sidecar::control::ports::{reserve, Announcer, Reserved};
 use sidecar::control::source::{Origin, TableSource};
 use sidecar::endpoints::health::HealthChecker;
 use sidecar::inbound::Inbound;
@@ -51,6 +52,16 @@ fn main() {
         eprintln!("sidecar: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// A client listener: the reserved address, and no read buffer of Pingora's in front of the
+/// socket (its default is 64 KiB per connection, held while the connection is idle; the HTTP
+/// session reads into its own buffers anyway, so the extra buffer was only a copy). The 1,460
+/// bytes of write buffer stay: a small response goes out in one write.
+fn listener_config(r: &Reserved) -> ListenerConfig {
+    ListenerConfig::tcp(r.addr.to_string())
+        .tcp_socket_options(r.options.clone().unwrap_or_default())
+        .l4_buffer(L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE))
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
@@ -127,10 +138,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             tunnel(Side::Outbound),
         ),
     );
-    out_svc.add_tcp_with_settings(
-        &outbound.addr.to_string(),
-        outbound.options.clone().unwrap_or_default(),
-    );
+    out_svc.add_listener(listener_config(&outbound));
     let mut in_svc = Service::new(
         "inbound".to_string(),
         Listener::new(
@@ -145,10 +153,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             tunnel(Side::Inbound { app: args.app }),
         ),
     );
-    in_svc.add_tcp_with_settings(
-        &inbound.addr.to_string(),
-        inbound.options.clone().unwrap_or_default(),
-    );
+    in_svc.add_listener(listener_config(&inbound));
     let sweeper = background_service(
         "upstream pools",
         PoolSweeper {
