@@ -338,39 +338,23 @@ impl Outbound {
             };
             t.finish(ended, now);
             last = ended;
-            let may_retry = match (ended, &conn) {
+            // A response is retried only for a retriable status whose Retry-After (if any)
+            // fits the backoff cap, while nothing has gone downstream; other outcomes go
+            // straight to the policy.
+            let answer_retriable = match (ended, &conn) {
                 (Ended::Answered(status), Some(conn)) => {
-                    if status < 500 || !policy.retries.retries_status(status) {
-                        false
-                    } else {
-                        // A retriable status: retry now, while nothing has gone downstream, or
-                        // pass the response on as it is.
-                        let after =
-                            conn.session
-                                .get_header(http::header::RETRY_AFTER)
-                                .and_then(|v| {
-                                    parse_retry_after(v.as_bytes(), std::time::SystemTime::now())
-                                });
-                        let cap = Duration::from_millis(policy.retries.backoff_ms[1]);
-                        if after.is_some_and(|d| d > cap) {
-                            route.count_refusal(Refusal::NotRetriable);
-                            false
-                        } else {
+                    match retriable_status(route, status, &conn.session) {
+                        Some(after) => {
                             retry_after = after;
-                            self.may_retry(
-                                route,
-                                cx,
-                                ended,
-                                idempotent,
-                                body,
-                                deadline,
-                                now,
-                                &mut refusal,
-                            )
+                            true
                         }
+                        None => false,
                     }
                 }
-                _ => self.may_retry(
+                _ => true,
+            };
+            let may_retry = answer_retriable
+                && self.may_retry(
                     route,
                     cx,
                     ended,
@@ -379,8 +363,7 @@ impl Outbound {
                     deadline,
                     now,
                     &mut refusal,
-                ),
-            };
+                );
             if may_retry {
                 t.end_span(
                     match ended {
@@ -564,6 +547,28 @@ impl Outbound {
             );
         }
     }
+}
+
+/// For a response with `status`: `None` when it is passed on as it is (not a status the
+/// policy retries, or a `Retry-After` past the backoff cap, counted as a refusal), else the
+/// endpoint's `Retry-After`, if it sent one, for the delay before the retry.
+fn retriable_status(
+    route: &ServiceRoute,
+    status: u16,
+    up: &pingora_core::protocols::http::v1::client::HttpSession,
+) -> Option<Option<Duration>> {
+    let retries = &route.policy.retries;
+    if status < 500 || !retries.retries_status(status) {
+        return None;
+    }
+    let after = up
+        .get_header(http::header::RETRY_AFTER)
+        .and_then(|v| parse_retry_after(v.as_bytes(), std::time::SystemTime::now()));
+    if after.is_some_and(|d| d > Duration::from_millis(retries.backoff_ms[1])) {
+        route.count_refusal(Refusal::NotRetriable);
+        return None;
+    }
+    Some(after)
 }
 
 /// The detail of a request that failed at its last try.
