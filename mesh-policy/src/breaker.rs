@@ -20,7 +20,7 @@
 //! It never logs; the set-level methods return the [`Transition`] they made so the caller can log
 //! or count it outside the lock.
 
-use std::collections::HashMap;
+use crate::addr_map::AddrMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
@@ -419,7 +419,7 @@ pub struct EndpointSnapshot {
 #[derive(Debug)]
 pub struct Breakers {
     config: BreakerConfig,
-    endpoints: RwLock<HashMap<SocketAddr, Mutex<EndpointBreaker>>>,
+    endpoints: RwLock<AddrMap<Mutex<EndpointBreaker>>>,
     /// Endpoints open or half-open. Changed only under an endpoint's lock (with the map read
     /// lock held), or recounted under the map write lock.
     out: AtomicUsize,
@@ -430,7 +430,7 @@ impl Breakers {
     pub fn new(config: BreakerConfig) -> Self {
         Breakers {
             config,
-            endpoints: RwLock::new(HashMap::new()),
+            endpoints: RwLock::new(AddrMap::default()),
             out: AtomicUsize::new(0),
         }
     }

@@ -13,12 +13,15 @@
 //! - [`retry`]: the classification of an attempt ([`retry::Outcome`]), the retry decision
 //!   ([`retry::decide`]), backoff with full jitter, `Retry-After` parsing, the per-service retry
 //!   budget and the idempotent methods;
+//! - [`addr_map`]: maps keyed by endpoint address with a cheap hash (keys come from the table,
+//!   not from clients);
 //! - [`breaker`]: per-endpoint outlier detection, one small state machine per endpoint (closed,
 //!   open, half-open) and the set-level `max_ejected_percent` bound;
 //! - [`select`]: one service's endpoints with their load (requests in flight, peak-EWMA
 //!   latency, active health) and the balancing algorithms: round robin, random, ring hash, P2C
 //!   on requests in flight and P2C on peak-EWMA load.
 
+pub mod addr_map;
 pub mod breaker;
 pub mod retry;
 pub mod select;

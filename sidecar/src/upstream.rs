@@ -9,11 +9,11 @@
 //! uses it, which the caller then repeats once on a fresh connection (see
 //! `outbound::attempt`). One background sweep closes connections idle past their timeout.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use mesh_policy::addr_map::AddrMap;
 use pingora_core::connectors::TransportConnector;
 use pingora_core::protocols::http::v1::client::HttpSession as ClientSession;
 use pingora_core::protocols::Stream;
@@ -50,7 +50,7 @@ struct Idle {
 /// Connects to endpoints and keeps their idle connections.
 pub struct Upstreams {
     connector: TransportConnector,
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    idle: Mutex<AddrMap<Vec<Idle>>>,
 }
 
 impl Default for Upstreams {
@@ -63,7 +63,7 @@ impl Upstreams {
     pub fn new() -> Self {
         Upstreams {
             connector: TransportConnector::new(None),
-            idle: Mutex::new(HashMap::new()),
+            idle: Mutex::new(AddrMap::default()),
         }
     }
 
