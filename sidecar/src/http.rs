@@ -102,9 +102,10 @@ pub enum BadRequest {
     ProtectedNomination(String),
 }
 
-/// Checks the request's authority once, when it arrives: an absolute-form target whose
-/// authority differs from a Host header sent with it is refused (RFC 9112 3.2.2 lets a proxy
-/// replace Host, but two names for one request is how requests are smuggled past routing).
+/// Checks the request's authority once, when it arrives, before it is routed: an absolute-form
+/// target whose authority differs from a Host header sent with it is refused (RFC 9112 3.2.2
+/// lets a proxy replace Host, but two names for one request is how requests are smuggled past
+/// routing).
 pub fn check_authority(req: &RequestHeader) -> Result<(), BadRequest> {
     if let RawTargetAuthority::Absolute { authority, .. } = raw_target_authority(req.raw_path()) {
         if let Some(host) = req.headers.get(header::HOST) {
@@ -116,24 +117,16 @@ pub fn check_authority(req: &RequestHeader) -> Result<(), BadRequest> {
             }
         }
     }
-    let nominated = req
-        .headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .map(<[u8]>::trim_ascii)
-        .find(|t| {
-            t.eq_ignore_ascii_case(b"host")
-                || t.eq_ignore_ascii_case(b"x-forwarded-for")
-                || t.eq_ignore_ascii_case(b"x-forwarded-host")
-                || t.eq_ignore_ascii_case(b"x-forwarded-proto")
-        });
-    if let Some(t) = nominated {
-        return Err(BadRequest::ProtectedNomination(
-            String::from_utf8_lossy(t).into_owned(),
-        ));
-    }
     Ok(())
+}
+
+/// Fields a `Connection` header may not nominate away: the request's routing and the
+/// forwarding record.
+fn is_protected(t: &[u8]) -> bool {
+    t.eq_ignore_ascii_case(b"host")
+        || t.eq_ignore_ascii_case(b"x-forwarded-for")
+        || t.eq_ignore_ascii_case(b"x-forwarded-host")
+        || t.eq_ignore_ascii_case(b"x-forwarded-proto")
 }
 
 /// Turns the client's request, in place, into the request an upstream gets: origin-form (an
@@ -142,11 +135,20 @@ pub fn check_authority(req: &RequestHeader) -> Result<(), BadRequest> {
 /// and chunked framing for a chunked body. Done once per request, after the client
 /// session has read what it needs from those fields (keep-alive, framing); each try then
 /// copies the result and adds its own fields (deadline, trace context). Removes only what is
-/// present: a request without such fields costs one pass over its field names.
+/// present: a request without such fields costs one pass over its field names. A
+/// `Connection` header that nominates a protected field ([`is_protected`]) is refused, on both
+/// listeners.
 pub fn prepare_upstream(req: &mut RequestHeader) -> Result<(), BadRequest> {
-    let nominated = connection_nominations(&req.headers).any(|t| {
-        std::str::from_utf8(t).is_ok_and(|t| req.headers.contains_key(t) && !is_framing(t))
-    });
+    let mut nominated = false;
+    for t in connection_nominations(&req.headers) {
+        if is_protected(t) {
+            return Err(BadRequest::ProtectedNomination(
+                String::from_utf8_lossy(t).into_owned(),
+            ));
+        }
+        nominated |=
+            std::str::from_utf8(t).is_ok_and(|t| !is_framing(t) && req.headers.contains_key(t));
+    }
     if nominated {
         let names: Vec<HeaderName> = connection_nominations(&req.headers)
             .filter(|t| !is_framing(std::str::from_utf8(t).unwrap_or("")))
@@ -168,9 +170,17 @@ pub fn prepare_upstream(req: &mut RequestHeader) -> Result<(), BadRequest> {
         }
     }
     if let RawTargetAuthority::Absolute { authority, .. } = raw_target_authority(req.raw_path()) {
-        let host = HeaderValue::from_bytes(authority).map_err(|_| BadRequest::BadAuthority)?;
-        req.insert_header(header::HOST, host)
-            .map_err(|_| BadRequest::BadAuthority)?;
+        // The authority becomes the Host, unless the client sent it as the Host already
+        // (`check_authority` refused any other Host).
+        let same = req
+            .headers
+            .get(header::HOST)
+            .is_some_and(|h| h.as_bytes() == authority);
+        if !same {
+            let host = HeaderValue::from_bytes(authority).map_err(|_| BadRequest::BadAuthority)?;
+            req.insert_header(header::HOST, host)
+                .map_err(|_| BadRequest::BadAuthority)?;
+        }
         let origin_form = req.uri.clone();
         req.set_uri(origin_form);
     }

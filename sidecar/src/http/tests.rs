@@ -57,9 +57,9 @@ fn an_absolute_target_naming_another_host_is_refused() {
         matches!(check_authority(&bad), Err(BadRequest::HostMismatch { .. })),
         "two names for one request"
     );
-    let nominated = req("/x", &[("host", "b"), ("connection", "close, Host")]);
+    let mut nominated = req("/x", &[("host", "b"), ("connection", "close, Host")]);
     assert_eq!(
-        check_authority(&nominated),
+        prepare_upstream(&mut nominated),
         Err(BadRequest::ProtectedNomination("Host".into()))
     );
 }

@@ -295,7 +295,7 @@ pub enum Failed {
 /// the body, and the response header. The caller bounds the whole exchange by the try's
 /// timeout, and on [`Failed::Stale`] sends a new copy of the request with `fresh` set.
 #[allow(clippy::too_many_arguments)]
-pub async fn exchange(
+async fn exchange(
     upstreams: &Upstreams,
     addr: SocketAddr,
     connect_timeout: Duration,

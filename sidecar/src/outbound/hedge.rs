@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use pingora_http::RequestHeader;
 
 use super::attempt::{self, Ended, Failed, Source, Try};
-use super::upstream_copy;
+use super::try_request;
 use crate::forward::ReqBody;
 use crate::reason::Reason;
 use crate::state::ServiceRoute;
@@ -81,7 +81,7 @@ pub async fn race(
         async move {
             let mut body = ReqBody::none();
             let refresh = refresh.then_some(deadline);
-            let copy = |b: &RequestHeader| upstream_copy(b, refresh, tp.clone());
+            let copy = |b: &RequestHeader| try_request(b, refresh, tp.clone());
             attempt::run(
                 upstreams,
                 addr,

@@ -97,7 +97,7 @@ impl Handler for Outbound {
 /// (`refresh`) sends what is left of the deadline by then (the field is there already: the
 /// maps do not grow); a try with a span of its own (sampled requests) sends that span as the
 /// next hop's parent.
-fn upstream_copy(
+fn try_request(
     base: &RequestHeader,
     refresh: Option<Instant>,
     own_traceparent: Option<http::HeaderValue>,
@@ -316,7 +316,7 @@ impl Outbound {
                 addr,
                 limits,
                 Source::Client(&mut *s),
-                |base| upstream_copy(base, refresh, traceparent.clone()),
+                |base| try_request(base, refresh, traceparent.clone()),
                 idempotent,
                 body,
             )
