@@ -15,9 +15,9 @@ use crate::conn::Handler;
 use crate::forward::{self, Forwarded, ReqBody};
 use crate::http as h;
 use crate::outbound::attempt::{self, Ended, Failed, Limits, Source};
-use crate::outbound::log_trace_id;
 use crate::reason::{self, Reason};
 use crate::state::Mesh;
+use crate::telemetry::access::Access;
 use crate::telemetry::metrics::{RouteMetrics, TimeoutKind};
 use crate::telemetry::trace::{self, ReqTrace};
 use crate::upstream::Upstreams;
@@ -194,21 +194,19 @@ impl Inbound {
             t.end(status, cx.answered.map(Reason::token), Vec::new);
         }
         if self.access_log {
-            let req = s.req_header();
-            let mut hex = [0u8; 32];
-            tracing::info!(
-                target: "access",
-                trace_id = log_trace_id(cx.trace.as_ref(), req, &mut hex),
-                direction = "inbound",
-                service = %self.mesh.service,
-                upstream = %self.mesh.service,
-                endpoint = %self.app,
-                method = %req.method,
-                status = status.unwrap_or(0),
-                attempts = 1,
-                reason = cx.answered.map_or("", |r| r.token()),
-                duration_ms = elapsed.as_secs_f64() * 1e3,
-            );
+            Access {
+                direction: "inbound",
+                service: &self.mesh.service,
+                upstream: &self.mesh.service,
+                endpoint: Some(self.app),
+                req: s.req_header(),
+                trace: cx.trace.as_ref(),
+                status,
+                attempts: 1,
+                answered: cx.answered,
+                elapsed,
+            }
+            .log();
         }
     }
 }

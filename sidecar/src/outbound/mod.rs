@@ -31,6 +31,7 @@ use crate::http::{self as h};
 use crate::limits::Permit;
 use crate::reason::{self, Reason};
 use crate::state::{Mesh, ServiceRoute};
+use crate::telemetry::access::Access;
 use crate::telemetry::metrics::{RouteMetrics, TimeoutKind};
 use crate::telemetry::trace::{self, ReqTrace};
 use crate::upstream::Upstreams;
@@ -530,21 +531,19 @@ impl Outbound {
             });
         }
         if self.access_log {
-            let req = s.req_header();
-            let mut hex = [0u8; 32];
-            tracing::info!(
-                target: "access",
-                trace_id = log_trace_id(cx.trace.as_ref(), req, &mut hex),
-                direction = "outbound",
-                service = %self.mesh.service,
-                upstream = cx.route.as_ref().map_or("", |r| r.name.as_str()),
-                endpoint = %cx.endpoint.map(|a| a.to_string()).unwrap_or_default(),
-                method = %req.method,
-                status = status.unwrap_or(0),
-                attempts = cx.attempts,
-                reason = cx.answered.map_or("", |r| r.token()),
-                duration_ms = elapsed.as_secs_f64() * 1e3,
-            );
+            Access {
+                direction: "outbound",
+                service: &self.mesh.service,
+                upstream: cx.route.as_ref().map_or("", |r| r.name.as_str()),
+                endpoint: cx.endpoint,
+                req: s.req_header(),
+                trace: cx.trace.as_ref(),
+                status,
+                attempts: cx.attempts,
+                answered: cx.answered,
+                elapsed,
+            }
+            .log();
         }
     }
 }
@@ -594,20 +593,4 @@ fn failure_detail(
         "service {}: {what} after {attempts} attempt(s){refused}",
         route.name
     )
-}
-
-/// The trace id for the access log: the request's trace when tracing is on (a trace the hop
-/// started itself included), else the caller's `traceparent`'s. `buf` holds the hex.
-pub fn log_trace_id<'a>(
-    trace: Option<&ReqTrace>,
-    req: &'a RequestHeader,
-    buf: &'a mut [u8; 32],
-) -> &'a str {
-    match trace {
-        Some(t) => {
-            *buf = trace::trace_id_hex(&t.trace_id);
-            std::str::from_utf8(buf).unwrap_or("")
-        }
-        None => h::trace_id(req),
-    }
 }
