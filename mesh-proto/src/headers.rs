@@ -50,10 +50,22 @@ pub const X_MESH_ERROR: HeaderName = HeaderName::from_static(names::ERROR);
 /// traffic; nothing sends it yet.
 pub const X_MESH_MIRROR: HeaderName = HeaderName::from_static(names::MIRROR);
 
-/// The `x-mesh-deadline-ms` value for `left`: whole milliseconds (rounded down), formatted
-/// straight into the value's own buffer (one allocation, no `String` and copy).
+/// The `x-mesh-deadline-ms` value for `left`: whole milliseconds (rounded down), formatted on
+/// the stack and copied once into the value's own buffer (one allocation; `HeaderValue::from`
+/// an integer takes two).
 pub fn deadline_value(left: Duration) -> HeaderValue {
-    HeaderValue::from(u64::try_from(left.as_millis()).unwrap_or(u64::MAX))
+    let mut ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (ms % 10) as u8;
+        ms /= 10;
+        if ms == 0 {
+            break;
+        }
+    }
+    HeaderValue::from_bytes(&digits[at..]).expect("ASCII digits are a valid field value")
 }
 
 /// Reads an `x-mesh-deadline-ms` value: ASCII digits, surrounding blanks allowed. Anything else

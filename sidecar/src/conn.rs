@@ -4,6 +4,7 @@
 //! One task per connection (the listening service spawns it), no task or channel per request;
 //! each request's serving future is one allocation, freed when the response is done, so an
 //! idle connection holds only its session.
+//! A connection waiting for its next request holds no read buffer ([`first_bytes`]).
 //! Pipelined requests are answered in order (RFC 9112 9.3.2): bytes read past one request are
 //! the start of the next. An Upgrade request (WebSocket) is handed over, still unanswered, to
 //! pingora-proxy's `HttpProxy` with a slim `ProxyHttp` of its own (`tunnel`): the request's
@@ -11,7 +12,11 @@
 //! request as if it had just arrived and runs the tunnel with its duplex loop.
 
 use std::future::Future;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::BytesMut;
@@ -22,6 +27,7 @@ use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use pingora_error::ErrorType;
 use pingora_proxy::HttpProxy;
+use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::reason::Reason;
 use crate::tunnel::Tunnel;
@@ -63,11 +69,27 @@ impl<H: Handler> ServerApp for Listener<H> {
         let mut stream = stream;
         let mut prefix: Option<BytesMut> = None;
         loop {
+            // Between requests the connection holds no buffer: the next request's first bytes
+            // are awaited here and become the session's prefix (pipelined bytes already are).
+            let first = match prefix.take() {
+                Some(p) => p,
+                None => {
+                    let idle = Duration::from_secs(CLIENT_KEEPALIVE_S);
+                    let read = tokio::select! {
+                        biased;
+                        r = tokio::time::timeout(idle, first_bytes(&mut stream)) => r,
+                        _ = shutdown.changed() => return None,
+                    };
+                    match read {
+                        Ok(Ok(Some(bytes))) => bytes,
+                        // Closed, broken, or idle past the keep-alive timeout.
+                        _ => return None,
+                    }
+                }
+            };
             let mut s = HttpSession::new(stream);
             s.set_pipelining_enabled(true);
-            if let Some(p) = prefix.take() {
-                s.set_pipelined_prefix(p);
-            }
+            s.set_pipelined_prefix(first);
             let closing = *shutdown.borrow();
             s.set_server_keepalive((!closing).then_some(CLIENT_KEEPALIVE_S));
             let read = tokio::select! {
@@ -104,6 +126,32 @@ impl<H: Handler> ServerApp for Listener<H> {
         }
     }
 }
+
+/// The first bytes of a connection's next request, read without holding a buffer while the
+/// connection waits: the read goes to the stack within one poll, and only bytes that arrived
+/// are copied into the buffer the session parses (sized for a common request header, and
+/// grown by the session for a longer one). `None`: the client closed the connection.
+async fn first_bytes(stream: &mut Stream) -> std::io::Result<Option<BytesMut>> {
+    std::future::poll_fn(|cx| {
+        let mut tmp = [MaybeUninit::<u8>::uninit(); FIRST_READ];
+        let mut buf = ReadBuf::uninit(&mut tmp);
+        match Pin::new(&mut *stream).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) if buf.filled().is_empty() => Poll::Ready(Ok(None)),
+            Poll::Ready(Ok(())) => {
+                let got = buf.filled();
+                let mut bytes = BytesMut::with_capacity(FIRST_READ.max(got.len()));
+                bytes.extend_from_slice(got);
+                Poll::Ready(Ok(Some(bytes)))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// The largest first read of a request (the size of pingora's own first header buffer).
+const FIRST_READ: usize = 4096;
 
 impl<H: Handler> Listener<H> {
     /// Gives an Upgrade request to pingora-proxy: the request's bytes become the pipelined

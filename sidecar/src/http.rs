@@ -2,10 +2,11 @@
 //! fields, and the request an upstream gets.
 //!
 //! Cost: header names are `HeaderName::from_static` statics, so no name is parsed or allocated
-//! per request. Building the upstream request clones the client's request header once per try
-//! (the client session keeps the original for framing and keep-alive decisions) and removes
-//! fields only when they are present; a `Connection` header that nominates fields is the only
-//! case that allocates beyond the clone.
+//! per request. Each try's request and each response going downstream are built as one field
+//! map of the right size with the fields moved by reference count ([`upstream_request`],
+//! [`downstream_response`]): the sessions keep their own headers for framing and keep-alive
+//! decisions. Fields are removed from the prepared request only when present; a `Connection`
+//! header that nominates fields is the only case that allocates beyond that.
 
 use std::time::Duration;
 
@@ -197,14 +198,109 @@ pub fn prepare_upstream(req: &mut RequestHeader) -> Result<(), BadRequest> {
     Ok(())
 }
 
-/// A try's copy of a request prepared by [`prepare_upstream`]: HTTP/1.1 whatever the client
-/// spoke (the client's own version stays on its session, which frames the response by it).
-pub fn upstream_copy(prepared: &RequestHeader) -> RequestHeader {
-    let mut r = prepared.clone();
-    if r.version != http::Version::HTTP_11 {
-        r.set_version(http::Version::HTTP_11);
+/// A try's own fields, set on its copy of the prepared request in place of any the client
+/// sent: what is left of the deadline, and the trace context the next hop continues.
+#[derive(Debug, Clone, Default)]
+pub struct TryFields {
+    pub deadline: Option<HeaderValue>,
+    pub traceparent: Option<HeaderValue>,
+}
+
+impl TryFields {
+    fn count(&self) -> usize {
+        usize::from(self.deadline.is_some()) + usize::from(self.traceparent.is_some())
     }
-    r
+
+    fn replaces(&self, name: &HeaderName) -> bool {
+        (self.deadline.is_some() && name == X_MESH_DEADLINE_MS)
+            || (self.traceparent.is_some() && name == TRACEPARENT)
+    }
+}
+
+/// A try's copy of a request prepared by [`prepare_upstream`], with the try's own `fields`:
+/// HTTP/1.1 whatever the client spoke (the client's own version stays on its session, which
+/// frames the response by it).
+///
+/// Cost: one field map sized for the copy and the try's fields, no field-name case map: the
+/// fields are moved by reference count, and names go out in canonical case (title case for
+/// the standard ones, lower case for the rest, as Envoy and Linkerd send them). Cloning the
+/// header instead copies both maps at their exact size, then grows both for the try's fields
+/// and parses each added name again (about 12 allocations against 3, measured with DHAT). A
+/// target kept as the client sent it (not valid UTF-8) is cloned, so its bytes go on as they
+/// came.
+pub fn upstream_request(prepared: &RequestHeader, fields: TryFields) -> RequestHeader {
+    if !prepared.raw_path_is_utf8() || prepared.uri.authority().is_some() {
+        let mut r = prepared.clone();
+        if r.version != http::Version::HTTP_11 {
+            r.set_version(http::Version::HTTP_11);
+        }
+        if let Some(d) = fields.deadline {
+            let _ = r.insert_header(X_MESH_DEADLINE_MS, d);
+        }
+        if let Some(tp) = fields.traceparent {
+            let _ = r.insert_header(TRACEPARENT.clone(), tp);
+        }
+        return r;
+    }
+    let mut parts = http::Request::new(()).into_parts().0;
+    parts.method = prepared.method.clone();
+    parts.uri = prepared.uri.clone();
+    let mut headers = http::HeaderMap::with_capacity(prepared.headers.len() + fields.count());
+    for (name, value) in &prepared.headers {
+        if !fields.replaces(name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    if let Some(d) = fields.deadline {
+        headers.insert(X_MESH_DEADLINE_MS, d);
+    }
+    if let Some(tp) = fields.traceparent {
+        headers.insert(TRACEPARENT.clone(), tp);
+    }
+    parts.headers = headers;
+    RequestHeader::from(parts)
+}
+
+/// The upstream's response header as the client gets it: without its hop-by-hop fields, the
+/// standard ones and those its `Connection` header nominates (RFC 9110 7.6.1; the downstream
+/// session replaces `Connection` itself and frames the body), with `fields` (the `x-mesh-*` ones) in place of any the
+/// upstream sent. Built as one field map of the right size, as [`upstream_request`] builds the
+/// request; a `101` is cloned whole (the upgrade handshake needs its fields).
+pub fn downstream_response(
+    up: &ResponseHeader,
+    fields: &[(HeaderName, HeaderValue)],
+) -> ResponseHeader {
+    if up.status == http::StatusCode::SWITCHING_PROTOCOLS {
+        return up.clone();
+    }
+    let nominated = connection_nominations(&up.headers).any(|t| {
+        std::str::from_utf8(t).is_ok_and(|t| !is_framing(t) && up.headers.contains_key(t))
+    });
+    let mut headers = http::HeaderMap::with_capacity(up.headers.len() + fields.len());
+    for (name, value) in &up.headers {
+        let drop = RESPONSE_HOP_BY_HOP.contains(name)
+            || fields.iter().any(|(n, _)| n == name)
+            || (nominated && is_nominated(&up.headers, name));
+        if !drop {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    for (name, value) in fields {
+        headers.insert(name.clone(), value.clone());
+    }
+    let mut parts = http::Response::new(()).into_parts().0;
+    parts.status = up.status;
+    parts.version = up.version;
+    parts.headers = headers;
+    let mut resp = ResponseHeader::from(parts);
+    let _ = resp.set_reason_phrase(up.get_reason_phrase());
+    resp
+}
+
+/// Whether the message's `Connection` header nominates `name` (a framing field never counts).
+fn is_nominated(headers: &http::HeaderMap, name: &HeaderName) -> bool {
+    connection_nominations(headers)
+        .any(|t| t.eq_ignore_ascii_case(name.as_str().as_bytes()) && !is_framing(name.as_str()))
 }
 
 fn is_framing(t: &str) -> bool {
@@ -219,36 +315,6 @@ static RESPONSE_HOP_BY_HOP: [HeaderName; 4] = [
     header::TE,
     header::UPGRADE,
 ];
-
-/// Removes the upstream's hop-by-hop fields from its response before it goes downstream: the
-/// standard ones and those its `Connection` header nominates (RFC 9110 7.6.1). The downstream
-/// session replaces `Connection` itself and frames the body, but forwards every other field as
-/// is. A `101` keeps its fields: the upgrade handshake needs them. Allocates only when the
-/// upstream nominated a field it also sent.
-pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
-    if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
-        return;
-    }
-    for name in &RESPONSE_HOP_BY_HOP {
-        if resp.headers.contains_key(name) {
-            resp.remove_header(name);
-        }
-    }
-    // Looking a borrowed name up does not allocate: most responses end here.
-    let sent = |t: &[u8]| {
-        std::str::from_utf8(t).is_ok_and(|t| !is_framing(t) && resp.headers.contains_key(t))
-    };
-    if !connection_nominations(&resp.headers).any(sent) {
-        return;
-    }
-    let names: Vec<HeaderName> = connection_nominations(&resp.headers)
-        .filter(|t| !is_framing(std::str::from_utf8(t).unwrap_or("")))
-        .filter_map(|t| HeaderName::from_bytes(t).ok())
-        .collect();
-    for name in &names {
-        resp.remove_header(name);
-    }
-}
 
 /// The field names a message's `Connection` header nominates.
 fn connection_nominations(headers: &http::HeaderMap) -> impl Iterator<Item = &[u8]> {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pingora_core::protocols::http::v1::server::HttpSession;
+use pingora_http::RequestHeader;
 
 use crate::conn::Handler;
 use crate::forward::{self, Forwarded, ReqBody};
@@ -121,14 +122,15 @@ impl Inbound {
         if let Err(e) = h::prepare_upstream(s.req_header_mut()) {
             return self.answer(s, cx, Reason::BadRequest, &e.to_string()).await;
         }
-        // The app's parent is this hop's server span (unsampled: see `trace`): set once on the
-        // prepared request, which the try copies.
-        if let Some(tp) = cx.trace.as_ref().and_then(ReqTrace::outgoing) {
-            let _ = s
-                .req_header_mut()
-                .insert_header(mesh_trace::context::TRACEPARENT, tp);
-        }
-        let copy = h::upstream_copy;
+        // The app's parent is this hop's server span (unsampled: see `trace`).
+        let traceparent = cx.trace.as_ref().and_then(ReqTrace::outgoing);
+        let copy = |base: &RequestHeader| {
+            let fields = h::TryFields {
+                deadline: None,
+                traceparent: traceparent.clone(),
+            };
+            h::upstream_request(base, fields)
+        };
         let idempotent = mesh_policy::retry::is_idempotent(s.req_header().method.as_str());
         let limits = Limits {
             connect: APP_CONNECT,
@@ -171,12 +173,11 @@ impl Inbound {
                 return self.answer(s, cx, reason, &detail).await;
             }
         };
-        let mut resp = conn
+        let up = conn
             .session
             .resp_header()
-            .expect("a response header was read")
-            .clone();
-        h::strip_response_hop_by_hop(&mut resp);
+            .expect("a response header was read");
+        let resp = h::downstream_response(up, &[]);
         let forwarded = forward::response(s, &mut conn.session, resp, timeout).await;
         if forwarded == Forwarded::Complete {
             self.upstreams.put(self.app, conn.session).await;

@@ -27,7 +27,7 @@ use sidecar::upstream::{PoolSweeper, Upstreams};
 /// mimalloc: fewer instructions per allocation than glibc's malloc and no lock on the
 /// per-thread fast path (measured in bench/: see the README's bench section). With the
 /// `alloc-count` feature, `alloc_count` installs a counting wrapper around it instead.
-#[cfg(not(feature = "alloc-count"))]
+#[cfg(not(any(feature = "alloc-count", feature = "system-alloc")))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

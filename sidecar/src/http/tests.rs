@@ -93,15 +93,69 @@ fn the_upstream_request_is_origin_form_without_hop_by_hop_fields() {
         up.headers["host"], "b:8080",
         "the target's authority is the Host"
     );
-    let mut wire = Vec::new();
-    up.header_to_h1_wire(&mut wire);
-    let wire = String::from_utf8(wire).unwrap();
     assert_eq!(up.raw_path(), b"/x?q=1", "origin form");
-    assert_eq!(upstream_copy(&up).version, http::Version::HTTP_11);
-    assert!(
-        wire.contains("X-Kept: yes"),
-        "case kept on what is forwarded: {wire}"
+    let copy = upstream_request(&up, TryFields::default());
+    assert_eq!(copy.version, http::Version::HTTP_11);
+    assert_eq!(copy.raw_path(), b"/x?q=1");
+    assert_eq!(copy.method, http::Method::GET);
+    let mut wire = Vec::new();
+    copy.header_to_h1_wire(&mut wire);
+    let wire = String::from_utf8(wire).unwrap();
+    let mut lines: Vec<&str> = wire.split_terminator("\r\n").collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        ["Host: b:8080", "x-kept: yes"],
+        "names in canonical case: title case for standard ones, lower case for the rest"
     );
+}
+
+#[test]
+fn a_try_replaces_the_callers_deadline_and_trace_context() {
+    let r = req(
+        "/x",
+        &[
+            ("host", "b"),
+            ("x-mesh-deadline-ms", "900"),
+            ("traceparent", "00-caller"),
+            ("x-dup", "1"),
+            ("x-dup", "2"),
+        ],
+    );
+    let fields = TryFields {
+        deadline: Some(HeaderValue::from_static("250")),
+        traceparent: Some(HeaderValue::from_static("00-ours")),
+    };
+    let copy = upstream_request(&r, fields);
+    assert_eq!(copy.headers["x-mesh-deadline-ms"], "250");
+    assert_eq!(copy.headers["traceparent"], "00-ours");
+    assert_eq!(
+        copy.headers.get_all("x-dup").iter().count(),
+        2,
+        "repeats kept"
+    );
+    assert_eq!(copy.headers.len(), 5);
+    let kept = upstream_request(&r, TryFields::default());
+    assert_eq!(
+        kept.headers["x-mesh-deadline-ms"], "900",
+        "no field of its own: passed on"
+    );
+    assert_eq!(kept.headers["traceparent"], "00-caller");
+}
+
+#[test]
+fn a_target_that_is_not_utf8_goes_on_as_it_came() {
+    let r = RequestHeader::build("GET", b"/caf\xe9", None).unwrap();
+    assert!(!r.raw_path_is_utf8());
+    let copy = upstream_request(
+        &r,
+        TryFields {
+            deadline: Some(HeaderValue::from_static("5")),
+            traceparent: None,
+        },
+    );
+    assert_eq!(copy.raw_path(), b"/caf\xe9");
+    assert_eq!(copy.headers["x-mesh-deadline-ms"], "5");
 }
 
 #[test]
@@ -137,7 +191,7 @@ fn resp(status: u16, fields: &[(&str, &str)]) -> ResponseHeader {
 
 #[test]
 fn response_hop_by_hop_fields_are_removed() {
-    let mut r = resp(
+    let r = resp(
         200,
         &[
             ("Content-Length", "2"),
@@ -152,7 +206,7 @@ fn response_hop_by_hop_fields_are_removed() {
             ("X-Kept", "yes"),
         ],
     );
-    strip_response_hop_by_hop(&mut r);
+    let r = downstream_response(&r, &[]);
     assert_eq!(
         names(&r.headers),
         ["connection", "content-length", "x-kept"],
@@ -162,8 +216,34 @@ fn response_hop_by_hop_fields_are_removed() {
     r.header_to_h1_wire(&mut wire);
     let wire = String::from_utf8(wire).unwrap();
     assert!(
-        !wire.contains("X-Secret:") && wire.contains("X-Kept: yes"),
-        "the case-preserving name map follows: {wire}"
+        !wire.to_ascii_lowercase().contains("x-secret:") && wire.contains("x-kept: yes"),
+        "{wire}"
+    );
+}
+
+#[test]
+fn the_meshs_fields_replace_the_upstreams() {
+    let mut up = resp(
+        503,
+        &[
+            ("Content-Length", "0"),
+            ("x-mesh-attempts", "7"),
+            ("X-Kept", "1"),
+        ],
+    );
+    up.set_reason_phrase(Some("Busy")).unwrap();
+    let r = downstream_response(&up, &[(X_MESH_ATTEMPTS, HeaderValue::from_static("2"))]);
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        r.get_reason_phrase(),
+        Some("Busy"),
+        "the upstream's reason phrase"
+    );
+    assert_eq!(r.headers.get_all("x-mesh-attempts").iter().count(), 1);
+    assert_eq!(r.headers["x-mesh-attempts"], "2");
+    assert_eq!(
+        names(&r.headers),
+        ["content-length", "x-kept", "x-mesh-attempts"]
     );
 }
 
@@ -174,35 +254,33 @@ fn response_without_hop_by_hop_fields_is_untouched() {
         ("Connection", "keep-alive"),
         ("Content-Length", "2"),
     ];
-    let mut r = resp(200, &fields);
-    strip_response_hop_by_hop(&mut r);
+    let r = downstream_response(&resp(200, &fields), &[]);
     assert_eq!(r.headers, resp(200, &fields).headers);
 }
 
 #[test]
 fn framing_fields_are_never_nominated_away() {
-    let mut r = resp(
+    let r = resp(
         200,
         &[
             ("Connection", "Content-Length, transfer-encoding, close"),
             ("Content-Length", "2"),
         ],
     );
-    strip_response_hop_by_hop(&mut r);
+    let r = downstream_response(&r, &[]);
     assert_eq!(r.headers["content-length"], "2", "the session frames by it");
 }
 
 #[test]
 fn switching_protocols_keeps_its_handshake() {
     let fields = [("Connection", "Upgrade"), ("Upgrade", "websocket")];
-    let mut r = resp(101, &fields);
-    strip_response_hop_by_hop(&mut r);
+    let r = downstream_response(&resp(101, &fields), &[]);
     assert_eq!(r.headers, resp(101, &fields).headers);
 }
 
 #[test]
 fn malformed_nominations_are_ignored() {
-    let mut r = resp(
+    let r = resp(
         200,
         &[
             ("Connection", " , \"bad token\", x-a ,,"),
@@ -210,6 +288,6 @@ fn malformed_nominations_are_ignored() {
             ("X-B", "2"),
         ],
     );
-    strip_response_hop_by_hop(&mut r);
+    let r = downstream_response(&r, &[]);
     assert_eq!(names(&r.headers), ["connection", "x-b"]);
 }

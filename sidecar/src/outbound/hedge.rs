@@ -57,6 +57,7 @@ pub async fn race(
     deadline: Instant,
     after: Duration,
     mut traced: Traced<'_>,
+    traceparent: Option<http::HeaderValue>,
 ) -> Result<Won, Lost> {
     let policy = &route.policy;
     let method = &base.method;
@@ -74,14 +75,13 @@ pub async fn race(
         });
     };
     let mut a = Try::start(route, first, 1, now, reborrow(&mut traced), method);
-    let tp_a = a.own_traceparent();
-    let run = |t: &Try, tp: Option<http::HeaderValue>, refresh: bool| {
+    let tp_a = a.own_traceparent().or_else(|| traceparent.clone());
+    let run = |t: &Try, tp: Option<http::HeaderValue>| {
         let addr = t.addr();
         let limits = super::limits(route, deadline.saturating_duration_since(Instant::now()));
         async move {
             let mut body = ReqBody::none();
-            let refresh = refresh.then_some(deadline);
-            let copy = |b: &RequestHeader| try_request(b, refresh, tp.clone());
+            let copy = |b: &RequestHeader| try_request(b, deadline, tp.clone());
             attempt::run(
                 upstreams,
                 addr,
@@ -94,7 +94,7 @@ pub async fn race(
             .await
         }
     };
-    let fut_a = run(&a, tp_a, false);
+    let fut_a = run(&a, tp_a);
     tokio::pin!(fut_a);
     let timeout = tokio::time::sleep_until(deadline.into());
     tokio::pin!(timeout);
@@ -148,8 +148,8 @@ pub async fn race(
         None => RetryReason::Hedge,
     });
     let mut b = Try::start(route, second, 2, now, reborrow(&mut traced), method);
-    let tp_b = b.own_traceparent();
-    let fut_b = run(&b, tp_b, true);
+    let tp_b = b.own_traceparent().or_else(|| traceparent.clone());
+    let fut_b = run(&b, tp_b);
     tokio::pin!(fut_b);
     let mut a_done: Option<Result<Conn, Ended>> = a_failed.map(Err);
     let mut b_done: Option<Result<Conn, Ended>> = None;

@@ -36,7 +36,6 @@ use crate::telemetry::metrics::{RouteMetrics, TimeoutKind};
 use crate::telemetry::trace::{self, ReqTrace};
 use crate::upstream::Upstreams;
 use attempt::{Ended, Failed, Limits, Source, Try};
-use mesh_proto::headers::names;
 
 /// A try's time limits when `remaining` is left of the request's deadline.
 fn limits(route: &ServiceRoute, remaining: Duration) -> Limits {
@@ -93,25 +92,20 @@ impl Handler for Outbound {
     }
 }
 
-/// A try's copy of the prepared request (see `http::prepare_upstream`, and `proxy`, which
-/// puts the deadline and the request's `traceparent` in it once). A retry or hedge
-/// (`refresh`) sends what is left of the deadline by then (the field is there already: the
-/// maps do not grow); a try with a span of its own (sampled requests) sends that span as the
-/// next hop's parent.
+/// A try's request: the prepared request (see `http::prepare_upstream`) with what is left of
+/// the deadline at `deadline`, and the trace context the next hop continues: this try's own
+/// span's (sampled requests), else the request's (`traceparent`, set once in `proxy`).
 fn try_request(
     base: &RequestHeader,
-    refresh: Option<Instant>,
-    own_traceparent: Option<http::HeaderValue>,
+    deadline: Instant,
+    traceparent: Option<http::HeaderValue>,
 ) -> RequestHeader {
-    let mut r = h::upstream_copy(base);
-    if let Some(deadline) = refresh {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let _ = r.insert_header(names::DEADLINE_MS, h::deadline_value(left));
-    }
-    if let Some(tp) = own_traceparent {
-        let _ = r.insert_header(mesh_trace::context::TRACEPARENT, tp);
-    }
-    r
+    let left = deadline.saturating_duration_since(Instant::now());
+    let fields = h::TryFields {
+        deadline: Some(h::deadline_value(left)),
+        traceparent,
+    };
+    h::upstream_request(base, fields)
 }
 
 impl Outbound {
@@ -215,18 +209,15 @@ impl Outbound {
         if let Err(e) = h::prepare_upstream(s.req_header_mut()) {
             return self.answer(s, cx, Reason::BadRequest, &e.to_string()).await;
         }
-        // What every try sends, set once: the deadline (a retry refreshes the value) and the
-        // request's trace context (an unsampled root's; a sampled try sends its own span's).
-        let req = s.req_header_mut();
-        let _ = req.insert_header(names::DEADLINE_MS, h::deadline_value(budget));
-        if let Some(tp) = cx.trace.as_ref().and_then(ReqTrace::outgoing) {
-            let _ = req.insert_header(mesh_trace::context::TRACEPARENT, tp);
-        }
+        // The request's trace context (an unsampled root's; a sampled try sends its own
+        // span's), for every try; each try sends what is left of the deadline.
+        let traceparent = cx.trace.as_ref().and_then(ReqTrace::outgoing);
         if let Some(after) = hedge {
             // Boxed: most requests are not hedged, and the hedging future is large.
-            return Box::pin(self.hedged(s, cx, &route, deadline, after)).await;
+            return Box::pin(self.hedged(s, cx, &route, deadline, after, traceparent)).await;
         }
-        self.tries(s, cx, &route, &mut body, deadline).await;
+        self.tries(s, cx, &route, &mut body, deadline, traceparent)
+            .await;
     }
 
     /// The attempt loop.
@@ -237,6 +228,7 @@ impl Outbound {
         route: &Arc<ServiceRoute>,
         body: &mut ReqBody,
         deadline: Instant,
+        traceparent: Option<http::HeaderValue>,
     ) {
         let policy = &route.policy;
         let idempotent = is_idempotent(s.req_header().method.as_str());
@@ -310,14 +302,13 @@ impl Outbound {
             let addr = t.addr();
             cx.endpoint = Some(addr);
             let limits = limits(route, remaining);
-            let traceparent = t.own_traceparent();
-            let refresh = (cx.attempts > 1).then_some(deadline);
+            let tp = t.own_traceparent().or_else(|| traceparent.clone());
             let exchanged = attempt::run(
                 &self.upstreams,
                 addr,
                 limits,
                 Source::Client(&mut *s),
-                |base| try_request(base, refresh, traceparent.clone()),
+                |base| try_request(base, deadline, tp.clone()),
                 idempotent,
                 body,
             )
@@ -405,19 +396,17 @@ impl Outbound {
         upstream: http::HeaderValue,
         hedged: bool,
     ) -> ResponseHeader {
-        let mut resp = up
-            .resp_header()
-            .expect("a response header was read")
-            .clone();
-        h::strip_response_hop_by_hop(&mut resp);
-        // Which try answered and where: cached header values, no formatting per response;
-        // names as `&'static str`, which Pingora keeps without a copy.
-        let _ = resp.insert_header(names::ATTEMPTS, reason::attempts_value(attempts));
-        let _ = resp.insert_header(names::UPSTREAM, upstream);
+        let up = up.resp_header().expect("a response header was read");
+        // Which try answered and where: cached header values, static names, no formatting or
+        // parsing per response.
+        let attempts = (h::X_MESH_ATTEMPTS, reason::attempts_value(attempts));
+        let upstream = (h::X_MESH_UPSTREAM, upstream);
         if hedged {
-            let _ = resp.insert_header(names::HEDGED, "1");
+            let hedged = (h::X_MESH_HEDGED, http::HeaderValue::from_static("1"));
+            h::downstream_response(up, &[attempts, upstream, hedged])
+        } else {
+            h::downstream_response(up, &[attempts, upstream])
         }
-        resp
     }
 
     /// Asks the retry policy whether a failed try may be retried, counting the retry or the
@@ -466,6 +455,7 @@ impl Outbound {
         route: &Arc<ServiceRoute>,
         deadline: Instant,
         after: Duration,
+        traceparent: Option<http::HeaderValue>,
     ) {
         let traced = self.tracing.as_deref().zip(cx.trace.as_mut());
         let won = hedge::race(
@@ -475,6 +465,7 @@ impl Outbound {
             deadline,
             after,
             traced,
+            traceparent,
         )
         .await;
         match won {
