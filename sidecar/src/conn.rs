@@ -2,9 +2,9 @@
 //! a listener's [`Handler`], on pingora-core's HTTP/1 server session.
 //!
 //! One task per connection (the listening service spawns it), no task or channel per request;
-//! each request's serving future is one allocation, freed when the response is done, so an
-//! idle connection holds only its session.
-//! A connection waiting for its next request holds no read buffer ([`first_bytes`]).
+//! each request's session and serving future are one allocation, freed when the response is
+//! done, and a connection waiting for its next request holds no read buffer
+//! ([`first_bytes`]): an idle connection holds its socket and little else.
 //! Pipelined requests are answered in order (RFC 9112 9.3.2): bytes read past one request are
 //! the start of the next. An Upgrade request (WebSocket) is handed over, still unanswered, to
 //! pingora-proxy's `HttpProxy` with a slim `ProxyHttp` of its own (`tunnel`): the request's
@@ -87,41 +87,14 @@ impl<H: Handler> ServerApp for Listener<H> {
                     }
                 }
             };
-            let mut s = HttpSession::new(stream);
-            s.set_pipelining_enabled(true);
-            s.set_pipelined_prefix(first);
-            let closing = *shutdown.borrow();
-            s.set_server_keepalive((!closing).then_some(CLIENT_KEEPALIVE_S));
-            let read = tokio::select! {
-                biased;
-                r = s.read_request() => r,
-                _ = shutdown.changed() => return None,
-            };
-            match read {
-                Ok(Some(_)) => {}
-                Ok(None) => return None,
-                Err(e) => {
-                    if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
-                        let (hop, service) = self.handler.bad_request();
-                        let detail = format!("malformed request: {}", e.reason_str());
-                        crate::reason::answer(&mut s, Reason::BadRequest, hop, service, &detail, 0)
-                            .await;
-                    }
-                    return None;
-                }
-            }
-            if s.is_upgrade_req() {
-                self.hand_over(s, &shutdown).await;
-                return None;
-            }
-            // Boxed: the serving future is large (every await of the attempt loop, pingora's
-            // session futures), and inline it would be part of this connection's task, held
-            // while the connection sits idle between requests (measured: ~80 KiB of RSS per
-            // idle client connection inline). Boxed, it lives for one request.
-            Box::pin(self.handler.serve(&mut s)).await;
-            match s.reuse().await {
-                Ok(Some(reusable)) => (stream, prefix) = reusable.into_parts(),
-                _ => return None,
+            // Boxed: one request's session and serving future (every await of the attempt
+            // loop, pingora's session futures) are large, and inline they would be part of
+            // this connection's task, held while the connection sits idle between requests
+            // (measured: ~80 KiB of RSS per idle client connection with the serving future
+            // inline). Boxed, they live for one request: one allocation per request.
+            match Box::pin(self.request(stream, first, &mut shutdown)).await {
+                Some((next, more)) => (stream, prefix) = (next, more),
+                None => return None,
             }
         }
     }
@@ -154,6 +127,49 @@ async fn first_bytes(stream: &mut Stream) -> std::io::Result<Option<BytesMut>> {
 const FIRST_READ: usize = 4096;
 
 impl<H: Handler> Listener<H> {
+    /// One request, from its first bytes: read its header, serve it (or hand it over to the
+    /// tunnel), and give back the connection with any bytes read past the request when it can
+    /// take another one.
+    async fn request(
+        &self,
+        stream: Stream,
+        first: BytesMut,
+        shutdown: &mut ShutdownWatch,
+    ) -> Option<(Stream, Option<BytesMut>)> {
+        let mut s = HttpSession::new(stream);
+        s.set_pipelining_enabled(true);
+        s.set_pipelined_prefix(first);
+        let closing = *shutdown.borrow();
+        s.set_server_keepalive((!closing).then_some(CLIENT_KEEPALIVE_S));
+        let read = tokio::select! {
+            biased;
+            r = s.read_request() => r,
+            _ = shutdown.changed() => return None,
+        };
+        match read {
+            Ok(Some(_)) => {}
+            Ok(None) => return None,
+            Err(e) => {
+                if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
+                    let (hop, service) = self.handler.bad_request();
+                    let detail = format!("malformed request: {}", e.reason_str());
+                    crate::reason::answer(&mut s, Reason::BadRequest, hop, service, &detail, 0)
+                        .await;
+                }
+                return None;
+            }
+        }
+        if s.is_upgrade_req() {
+            self.hand_over(s, shutdown).await;
+            return None;
+        }
+        self.handler.serve(&mut s).await;
+        match s.reuse().await {
+            Ok(Some(reusable)) => Some(reusable.into_parts()),
+            _ => None,
+        }
+    }
+
     /// Gives an Upgrade request to pingora-proxy: the request's bytes become the pipelined
     /// prefix of a new session on the same connection.
     async fn hand_over(&self, s: HttpSession, shutdown: &ShutdownWatch) {
