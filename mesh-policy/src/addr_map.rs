@@ -12,6 +12,11 @@ use std::net::SocketAddr;
 /// A `HashMap` keyed by endpoint address.
 pub type AddrMap<V> = HashMap<SocketAddr, V, BuildHasherDefault<AddrHasher>>;
 
+/// A `HashMap` whose keys all come from the routing table (service names), with the same
+/// hash. A lookup may use a client's input (a request's host), but collisions need chosen
+/// keys inserted, and only the table inserts.
+pub type TableMap<K, V> = HashMap<K, V, BuildHasherDefault<AddrHasher>>;
+
 /// The multiply-rotate hash of rustc's FxHasher, over the words `SocketAddr` writes (address
 /// family, IP bytes, port).
 #[derive(Debug, Default, Clone, Copy)]

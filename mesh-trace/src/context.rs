@@ -90,9 +90,11 @@ impl TraceParent {
         out
     }
 
-    /// The header value as an `http::HeaderValue` (one small allocation).
+    /// The header value as an `http::HeaderValue`: one small allocation that its clones share
+    /// (a value copied from a slice allocates again on its first clone, to share its bytes).
     pub fn header_value(&self) -> http::HeaderValue {
-        http::HeaderValue::from_bytes(&self.encode()).expect("hex and dashes are a valid value")
+        let bytes = bytes::Bytes::from_owner(self.encode());
+        http::HeaderValue::from_maybe_shared(bytes).expect("hex and dashes are a valid value")
     }
 }
 

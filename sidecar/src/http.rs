@@ -147,8 +147,7 @@ pub fn prepare_upstream(req: &mut RequestHeader) -> Result<(), BadRequest> {
                 String::from_utf8_lossy(t).into_owned(),
             ));
         }
-        nominated |=
-            std::str::from_utf8(t).is_ok_and(|t| !is_framing(t) && req.headers.contains_key(t));
+        nominated |= nominates_field(&req.headers, t);
     }
     if nominated {
         let names: Vec<HeaderName> = connection_nominations(&req.headers)
@@ -263,9 +262,14 @@ pub fn upstream_request(prepared: &RequestHeader, fields: TryFields) -> RequestH
 
 /// The upstream's response header as the client gets it: without its hop-by-hop fields, the
 /// standard ones and those its `Connection` header nominates (RFC 9110 7.6.1; the downstream
-/// session replaces `Connection` itself and frames the body), with `fields` (the `x-mesh-*` ones) in place of any the
-/// upstream sent. Built as one field map of the right size, as [`upstream_request`] builds the
-/// request; a `101` is cloned whole (the upgrade handshake needs its fields).
+/// session replaces `Connection` itself and frames the body), with `fields` (the `x-mesh-*`
+/// ones) in place of any the upstream sent. A `101` is cloned whole (the upgrade handshake
+/// needs its fields).
+///
+/// Cost: the field map is cloned (no name is hashed again; values are shared by reference
+/// count) without pingora-http's case map, so names go on in canonical case as in
+/// [`upstream_request`]; a response without hop-by-hop fields costs one pass over its names,
+/// and the added fields grow the clone's entries once.
 pub fn downstream_response(
     up: &ResponseHeader,
     fields: &[(HeaderName, HeaderValue)],
@@ -273,16 +277,26 @@ pub fn downstream_response(
     if up.status == http::StatusCode::SWITCHING_PROTOCOLS {
         return up.clone();
     }
-    let nominated = connection_nominations(&up.headers).any(|t| {
-        std::str::from_utf8(t).is_ok_and(|t| !is_framing(t) && up.headers.contains_key(t))
-    });
-    let mut headers = http::HeaderMap::with_capacity(up.headers.len() + fields.len());
-    for (name, value) in &up.headers {
-        let drop = RESPONSE_HOP_BY_HOP.contains(name)
-            || fields.iter().any(|(n, _)| n == name)
-            || (nominated && is_nominated(&up.headers, name));
-        if !drop {
-            headers.append(name.clone(), value.clone());
+    let mut headers = up.headers.clone();
+    let strip = headers
+        .keys()
+        .any(|k| RESPONSE_HOP_BY_HOP.contains(k) || fields.iter().any(|(n, _)| n == k));
+    if strip {
+        for name in RESPONSE_HOP_BY_HOP
+            .iter()
+            .chain(fields.iter().map(|(n, _)| n))
+        {
+            headers.remove(name);
+        }
+    }
+    let nominated = connection_nominations(&headers).any(|t| nominates_field(&headers, t));
+    if nominated {
+        let names: Vec<HeaderName> = connection_nominations(&headers)
+            .filter(|t| !is_framing(std::str::from_utf8(t).unwrap_or("")))
+            .filter_map(|t| HeaderName::from_bytes(t).ok())
+            .collect();
+        for name in &names {
+            headers.remove(name);
         }
     }
     for (name, value) in fields {
@@ -297,12 +311,6 @@ pub fn downstream_response(
     resp
 }
 
-/// Whether the message's `Connection` header nominates `name` (a framing field never counts).
-fn is_nominated(headers: &http::HeaderMap, name: &HeaderName) -> bool {
-    connection_nominations(headers)
-        .any(|t| t.eq_ignore_ascii_case(name.as_str().as_bytes()) && !is_framing(name.as_str()))
-}
-
 fn is_framing(t: &str) -> bool {
     t.eq_ignore_ascii_case("content-length") || t.eq_ignore_ascii_case("transfer-encoding")
 }
@@ -315,6 +323,17 @@ static RESPONSE_HOP_BY_HOP: [HeaderName; 4] = [
     header::TE,
     header::UPGRADE,
 ];
+
+/// Whether a `Connection` token names a field of `headers` that must go with the hop: not a
+/// framing field, and not one of the options that name no field (`close`, a reserved field
+/// name, and `keep-alive`, whose field goes as hop-by-hop anyway), so the common
+/// `Connection: keep-alive` and `close` cost no lookup.
+fn nominates_field(headers: &http::HeaderMap, t: &[u8]) -> bool {
+    if t.eq_ignore_ascii_case(b"close") || t.eq_ignore_ascii_case(b"keep-alive") {
+        return false;
+    }
+    std::str::from_utf8(t).is_ok_and(|t| !is_framing(t) && headers.contains_key(t))
+}
 
 /// The field names a message's `Connection` header nominates.
 fn connection_nominations(headers: &http::HeaderMap) -> impl Iterator<Item = &[u8]> {

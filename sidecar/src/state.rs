@@ -5,7 +5,7 @@
 //! endpoints discovered before it is published) and [`Mesh`] swaps it in with one atomic store.
 //! Requests in flight keep the `Arc` of the routes they started with, so a swap drops nothing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -19,6 +19,7 @@ use crate::endpoints::discovery::DiscoveryStatus;
 use crate::endpoints::health::{self, ServiceHealth};
 use crate::limits::{ConcurrencyLimit, LimitSnapshot};
 use crate::telemetry::metrics::{Metrics, RouteMetrics};
+use mesh_policy::addr_map::TableMap;
 use mesh_policy::breaker::{EndpointSnapshot, Transition};
 use mesh_policy::retry::{BudgetSnapshot, Refusal, RetryBudget};
 use mesh_policy::select::EndpointSet;
@@ -116,7 +117,7 @@ impl ServiceRoute {
 /// A compiled routing table.
 pub struct Routes {
     pub table: Table,
-    services: HashMap<String, Arc<ServiceRoute>>,
+    services: TableMap<String, Arc<ServiceRoute>>,
 }
 
 impl Routes {
@@ -124,7 +125,8 @@ impl Routes {
     /// is unchanged from `previous` keeps its whole state (breakers, budget, limits, endpoint
     /// load); a changed one keeps the load and latency estimates of the endpoints that stay.
     pub async fn build(table: Table, previous: Option<&Routes>, mesh: &Mesh) -> Routes {
-        let mut services = HashMap::with_capacity(table.services.len());
+        let mut services =
+            TableMap::with_capacity_and_hasher(table.services.len(), Default::default());
         for (name, svc) in &table.services {
             let prev = previous.and_then(|p| p.services.get(name));
             if let Some(prev) = prev.filter(|p| p.policy == *svc) {
