@@ -464,6 +464,9 @@ impl Breakers {
     /// May a request go to `addr` now? An address not in the set is admitted: the breaker has
     /// nothing against it (the balancer decides what exists). No allocation, no logging.
     pub fn admit(&self, addr: SocketAddr, now: Instant) -> Admission {
+        if self.all_closed() {
+            return Admission::Yes;
+        }
         let map = self
             .endpoints
             .read()
@@ -528,11 +531,24 @@ impl Breakers {
 
     /// True while `addr` is open and not yet due for a probe: the balancer should skip it.
     pub fn is_ejected(&self, addr: SocketAddr, now: Instant) -> bool {
+        if self.all_closed() {
+            return false;
+        }
         let map = self
             .endpoints
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         map.get(&addr).is_some_and(|b| lock(b).is_ejected(now))
+    }
+
+    /// No endpoint is out, the common case: a closed breaker admits every request and ejects
+    /// none, so [`admit`](Self::admit) and [`is_ejected`](Self::is_ejected) answer without the
+    /// map or a lock. The count is reserved before an endpoint is ejected and released after it
+    /// closes, so it is never 0 while one is out; a thread that reads it a moment late sends one
+    /// more request to an endpoint just ejected, as if that request had come a moment earlier
+    /// (its outcome is ignored by the open breaker, as for any request already in flight).
+    fn all_closed(&self) -> bool {
+        self.out.load(Ordering::Relaxed) == 0
     }
 
     /// How many endpoints are open or half-open.

@@ -291,3 +291,33 @@ fn malformed_nominations_are_ignored() {
     let r = downstream_response(&r, &[]);
     assert_eq!(names(&r.headers), ["connection", "x-b"]);
 }
+
+#[test]
+fn a_custom_field_is_found_by_scan_and_by_hash_alike() {
+    let mut fields: Vec<(String, String)> = vec![
+        ("host".into(), "b".into()),
+        ("x-mesh-deadline-ms".into(), "250".into()),
+        ("x-mesh-deadline-ms".into(), "999".into()),
+    ];
+    let short = req("/", &pairs(&fields));
+    assert_eq!(
+        get_custom(&short.headers, &X_MESH_DEADLINE_MS).unwrap(),
+        "250"
+    );
+    assert_eq!(get_custom(&short.headers, &TRACEPARENT), None);
+    assert_eq!(caller_deadline(&short), Some(Duration::from_millis(250)));
+    for i in 0..20 {
+        fields.push((format!("x-pad-{i}"), "1".into()));
+    }
+    let long = req("/", &pairs(&fields));
+    assert!(long.headers.keys_len() > 16, "the hashed path");
+    assert_eq!(
+        get_custom(&long.headers, &X_MESH_DEADLINE_MS).unwrap(),
+        "250"
+    );
+    assert_eq!(get_custom(&long.headers, &TRACEPARENT), None);
+}
+
+fn pairs(v: &[(String, String)]) -> Vec<(&str, &str)> {
+    v.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}

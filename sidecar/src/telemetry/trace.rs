@@ -24,7 +24,7 @@ use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::Span as SdkSpan;
 use pingora_http::RequestHeader;
 
-use mesh_trace::context::{TraceParent, TRACEPARENT, TRACESTATE};
+use mesh_trace::context::{TraceParent, TRACESTATE};
 use mesh_trace::Tracing;
 
 pub use mesh_trace::context::trace_id_hex;
@@ -47,7 +47,7 @@ pub fn method_name(m: &http::Method) -> &'static str {
 }
 
 fn incoming(req: &RequestHeader) -> Option<TraceParent> {
-    TraceParent::parse(req.headers.get(TRACEPARENT)?.as_bytes())
+    TraceParent::parse(crate::http::get_custom(&req.headers, &crate::http::TRACEPARENT)?.as_bytes())
 }
 
 /// The trace of one request through one hop.
