@@ -51,8 +51,8 @@ pub const X_MESH_ERROR: HeaderName = HeaderName::from_static(names::ERROR);
 pub const X_MESH_MIRROR: HeaderName = HeaderName::from_static(names::MIRROR);
 
 /// The `x-mesh-deadline-ms` value for `left`: whole milliseconds (rounded down), formatted on
-/// the stack and copied once into the value's own buffer (one allocation; `HeaderValue::from`
-/// an integer takes two).
+/// the stack into one allocation that the value's clones share (`HeaderValue::from` an integer
+/// takes two, and a value copied from a slice allocates again on its first clone).
 pub fn deadline_value(left: Duration) -> HeaderValue {
     let mut ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
     let mut digits = [0u8; 20];
@@ -65,7 +65,8 @@ pub fn deadline_value(left: Duration) -> HeaderValue {
             break;
         }
     }
-    HeaderValue::from_bytes(&digits[at..]).expect("ASCII digits are a valid field value")
+    let owned = bytes::Bytes::from_owner(digits).slice(at..);
+    HeaderValue::from_maybe_shared(owned).expect("ASCII digits are a valid field value")
 }
 
 /// Reads an `x-mesh-deadline-ms` value: ASCII digits, surrounding blanks allowed. Anything else

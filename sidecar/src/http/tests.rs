@@ -321,3 +321,18 @@ fn a_custom_field_is_found_by_scan_and_by_hash_alike() {
 fn pairs(v: &[(String, String)]) -> Vec<(&str, &str)> {
     v.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
+
+#[test]
+fn a_repeated_deadline_shares_its_value() {
+    let a = deadline_header(Duration::from_micros(15_000_900));
+    let b = deadline_header(Duration::from_micros(15_000_100));
+    assert_eq!(a, "15000");
+    assert_eq!(
+        a.as_bytes().as_ptr(),
+        b.as_bytes().as_ptr(),
+        "the same bytes, shared"
+    );
+    let c = deadline_header(Duration::from_millis(14_999));
+    assert_eq!(c, "14999", "another millisecond, another value");
+    assert_eq!(deadline_header(Duration::ZERO), "0");
+}

@@ -102,7 +102,7 @@ fn try_request(
 ) -> RequestHeader {
     let left = deadline.saturating_duration_since(Instant::now());
     let fields = h::TryFields {
-        deadline: Some(h::deadline_value(left)),
+        deadline: Some(h::deadline_header(left)),
         traceparent,
     };
     h::upstream_request(base, fields)
