@@ -1,7 +1,8 @@
 //! The request loop on the wire, with raw sockets on both ends: a WebSocket-style upgrade
 //! handed to pingora-proxy on both listeners and through a hop, pipelined requests answered
-//! in order, HTTP/1.0 clients given close-delimited bodies, and pooled upstream connections
-//! that the endpoint closed while idle.
+//! in order, HTTP/1.0 clients given close-delimited bodies, pooled upstream connections
+//! that the endpoint closed while idle, and a request header longer than the loop's first read
+//! arriving in pieces.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -328,4 +329,73 @@ fn a_pooled_connection_the_endpoint_closed_is_replaced_without_a_failure() {
         !breakers.contains("\"open\""),
         "the endpoint's breaker heard no failure: {breakers}"
     );
+}
+
+/// An upstream that answers every request `200` with the length of the `x-big` field it got.
+fn big_field_upstream() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                let mut w = conn;
+                loop {
+                    let mut first = String::new();
+                    if r.read_line(&mut first).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let head = read_head(&mut r);
+                    let big = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("x-big: ").map(str::len))
+                        .unwrap_or(0);
+                    let body = big.to_string();
+                    let _ = write!(
+                        w,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_header_longer_than_the_first_read_arriving_in_pieces_is_read_whole() {
+    // The loop reads a request's first bytes (up to 4 KiB) before it makes the session, which
+    // reads the rest: a 10 KB field sent in three pieces must arrive whole, and the connection
+    // must then serve its next request.
+    let up = big_field_upstream();
+    let t = table("bigfield", &[("b", up)]);
+    let a = sidecar("a", up, &t);
+    let value = "v".repeat(10_000);
+    for (label, addr) in [
+        ("outbound", a.addr("outbound")),
+        ("inbound", a.addr("inbound")),
+    ] {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let req = format!("GET /big HTTP/1.1\r\nHost: b\r\nX-Big: {value}\r\n\r\n");
+        let bytes = req.as_bytes();
+        for piece in [&bytes[..10], &bytes[10..5_000], &bytes[5_000..]] {
+            c.write_all(piece).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut r = BufReader::new(c.try_clone().unwrap());
+        let (head, body) = read_response(&mut r);
+        assert!(head.starts_with("HTTP/1.1 200"), "{label}: {head:?}");
+        assert_eq!(
+            body, "10000",
+            "{label}: the whole field reached the upstream"
+        );
+        c.write_all(b"GET /next HTTP/1.1\r\nHost: b\r\nX-Big: 1\r\n\r\n")
+            .unwrap();
+        let (head, body) = read_response(&mut r);
+        assert!(head.starts_with("HTTP/1.1 200"), "{label}: next: {head:?}");
+        assert_eq!(body, "1", "{label}: the connection serves its next request");
+    }
 }
