@@ -41,15 +41,10 @@ impl ReqBody {
     /// retry (`None`: never kept, as on the inbound side).
     pub fn of(s: &HttpSession, replay_limit: Option<u64>) -> ReqBody {
         let req = s.req_header();
-        // One lookup per framing field (`http::has_body` and `http::content_length` would
-        // each look both up again).
-        let chunked = req.headers.contains_key(header::TRANSFER_ENCODING);
-        let length = req.headers.get(header::CONTENT_LENGTH);
-        let present = chunked || length.is_some_and(|v| v.as_bytes() != b"0");
-        let len = (!chunked)
-            .then_some(length)
-            .flatten()
-            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok()?.parse::<u64>().ok());
+        let crate::http::Framing {
+            has_body: present,
+            length: len,
+        } = crate::http::framing(req);
         let keep = present && replay_limit.is_some_and(|limit| len.is_some_and(|l| l <= limit));
         let expects_continue = present
             && req

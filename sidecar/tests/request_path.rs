@@ -160,36 +160,36 @@ fn an_upgrade_is_tunnelled_through_both_listeners_and_a_hop() {
     );
 }
 
-/// An upstream that answers every request `200` with its request number as the body, keeps
-/// the connection alive, and closes it `close_after` after each response when set (as a server
-/// with a short keep-alive timeout does, without saying so in the response).
-fn counting_upstream(
+/// An upstream that answers every request `200` with the body `answer` makes from the
+/// request's head (request line included), keeps the connection alive, and closes it
+/// `close_after` after each response when set (as a server with a short keep-alive timeout
+/// does, without saying so in the response). Returns its address and its connection count.
+fn answering_upstream(
     close_after: Option<Duration>,
-) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    answer: impl Fn(&str) -> String + Send + Sync + 'static,
+) -> (SocketAddr, Arc<AtomicUsize>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
-    let requests = Arc::new(AtomicUsize::new(0));
     let conns = Arc::new(AtomicUsize::new(0));
-    let (rq, cn) = (requests.clone(), conns.clone());
+    let cn = conns.clone();
+    let answer = Arc::new(answer);
     std::thread::spawn(move || {
         for conn in l.incoming() {
             let Ok(conn) = conn else { continue };
             cn.fetch_add(1, Ordering::SeqCst);
-            let rq = rq.clone();
+            let answer = answer.clone();
             std::thread::spawn(move || {
                 let mut r = BufReader::new(conn.try_clone().unwrap());
                 let mut w = conn;
                 loop {
-                    let mut first = String::new();
-                    if r.read_line(&mut first).unwrap_or(0) == 0 {
+                    let mut head = String::new();
+                    if r.read_line(&mut head).unwrap_or(0) == 0 {
                         return;
                     }
-                    let mut head = first.clone();
                     head.push_str(&read_head(&mut r));
                     let mut body = vec![0u8; content_length(&head)];
                     r.read_exact(&mut body).unwrap();
-                    let n = rq.fetch_add(1, Ordering::SeqCst) + 1;
-                    let body = format!("{n}");
+                    let body = answer(&head);
                     let _ = write!(
                         w,
                         "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
@@ -202,6 +202,19 @@ fn counting_upstream(
                 }
             });
         }
+    });
+    (addr, conns)
+}
+
+/// An [`answering_upstream`] whose body is the request's number; returns its address, its
+/// request count and its connection count.
+fn counting_upstream(
+    close_after: Option<Duration>,
+) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let requests = Arc::new(AtomicUsize::new(0));
+    let rq = requests.clone();
+    let (addr, conns) = answering_upstream(close_after, move |_| {
+        (rq.fetch_add(1, Ordering::SeqCst) + 1).to_string()
     });
     (addr, requests, conns)
 }
@@ -331,35 +344,13 @@ fn a_pooled_connection_the_endpoint_closed_is_replaced_without_a_failure() {
     );
 }
 
-/// An upstream that answers every request `200` with the length of the `x-big` field it got.
+/// An [`answering_upstream`] whose body is the length of the `x-big` field it got.
 fn big_field_upstream() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for conn in l.incoming() {
-            let Ok(conn) = conn else { continue };
-            std::thread::spawn(move || {
-                let mut r = BufReader::new(conn.try_clone().unwrap());
-                let mut w = conn;
-                loop {
-                    let mut first = String::new();
-                    if r.read_line(&mut first).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let head = read_head(&mut r);
-                    let big = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("x-big: ").map(str::len))
-                        .unwrap_or(0);
-                    let body = big.to_string();
-                    let _ = write!(
-                        w,
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                }
-            });
-        }
+    let (addr, _) = answering_upstream(None, |head| {
+        head.lines()
+            .find_map(|l| l.strip_prefix("x-big: ").map(str::len))
+            .unwrap_or(0)
+            .to_string()
     });
     addr
 }
