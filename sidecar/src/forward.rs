@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header;
-use pingora_core::protocols::http::v1::client::HttpSession as ClientSession;
 use pingora_core::protocols::http::v1::server::HttpSession;
+
+use crate::h1::client::Client;
 use pingora_http::ResponseHeader;
 
 /// The request body, as the tries of one request send it.
@@ -88,13 +89,10 @@ impl ReqBody {
 
     /// Sends the body on `up`: what was kept from an earlier try, then the rest as the client
     /// sends it.
-    pub async fn send(
-        &mut self,
-        down: &mut HttpSession,
-        up: &mut ClientSession,
-    ) -> Result<(), BodyError> {
+    pub async fn send(&mut self, down: &mut HttpSession, up: &mut Client) -> Result<(), BodyError> {
         if !self.present {
-            return Ok(());
+            // The request header goes out now, on its own.
+            return up.finish_body().await.map_err(|_| BodyError::Upstream);
         }
         if let Some(kept) = &self.kept {
             for chunk in kept {
@@ -136,19 +134,6 @@ impl ReqBody {
     }
 }
 
-/// Reads the response header of the request just sent, skipping interim responses other than
-/// `101` (a `100 Continue` was answered by the sidecar itself; `103` hints are dropped).
-pub async fn read_response_header(up: &mut ClientSession) -> pingora_error::Result<u16> {
-    loop {
-        up.read_response().await?;
-        let status = up.get_status().map_or(0, |s| s.as_u16());
-        if (100..200).contains(&status) && status != 101 {
-            continue;
-        }
-        return Ok(status);
-    }
-}
-
 /// How forwarding a response ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Forwarded {
@@ -167,7 +152,7 @@ pub enum Forwarded {
 /// `idle` for data.
 pub async fn response(
     down: &mut HttpSession,
-    up: &mut ClientSession,
+    up: &mut Client,
     mut resp: ResponseHeader,
     idle: Duration,
 ) -> Forwarded {
@@ -188,9 +173,8 @@ pub async fn response(
     if down.write_response_header(Box::new(resp)).await.is_err() {
         return Forwarded::ClientGone;
     }
-    up.read_timeout = Some(idle);
     loop {
-        match up.read_body_ref().await {
+        match up.read_body(idle).await {
             Ok(Some(chunk)) => {
                 if down.write_body(chunk).await.is_err() {
                     return Forwarded::ClientGone;

@@ -2,10 +2,9 @@
 //! fields, and the request an upstream gets.
 //!
 //! Cost: header names are `HeaderName::from_static` statics, so no name is parsed or allocated
-//! per request. Each try's request and each response going downstream are built as one field
-//! map of the right size with the fields moved by reference count ([`upstream_request`],
-//! [`downstream_response`]): the sessions keep their own headers for framing and keep-alive
-//! decisions. Fields are removed from the prepared request only when present; a `Connection`
+//! per request. Each try's request header is written straight into its connection's buffer
+//! ([`write_upstream_head`]), and each response going downstream is built as one field map of
+//! the right size with its values shared ([`downstream_response`]). Fields are removed from the prepared request only when present; a `Connection`
 //! header that nominates fields is the only case that allocates beyond that.
 
 use std::time::Duration;
@@ -245,81 +244,105 @@ pub struct TryFields {
     pub traceparent: Option<HeaderValue>,
 }
 
-impl TryFields {
-    fn count(&self) -> usize {
-        usize::from(self.deadline.is_some()) + usize::from(self.traceparent.is_some())
+/// Puts the header of a try's request in `out`: the request prepared by [`prepare_upstream`],
+/// as HTTP/1.1 whatever the client spoke (its own version stays on its session, which frames
+/// the response by it), with the try's own `fields` in place of any the client sent under
+/// their names. Returns how the body is framed.
+///
+/// Cost: one pass over the prepared fields, each name and value copied into the connection's
+/// buffer as it goes out: no field map is built per try. Names go out in lower case (as
+/// Envoy and hyper send them; HTTP/1.1 names are case-insensitive), and the target as the
+/// client sent it (bytes that are not UTF-8 included).
+pub fn write_upstream_head(
+    prepared: &RequestHeader,
+    fields: &TryFields,
+    out: &mut bytes::BytesMut,
+) -> crate::h1::body::Writer {
+    use crate::h1::body::Writer;
+    out.extend_from_slice(prepared.method.as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(prepared.raw_path());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &prepared.headers {
+        let replaced = (fields.deadline.is_some() && name == X_MESH_DEADLINE_MS)
+            || (fields.traceparent.is_some() && name == TRACEPARENT);
+        if !replaced {
+            put_field(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    if let Some(d) = &fields.deadline {
+        put_field(out, X_MESH_DEADLINE_MS.as_str().as_bytes(), d.as_bytes());
+    }
+    if let Some(tp) = &fields.traceparent {
+        put_field(out, TRACEPARENT.as_str().as_bytes(), tp.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    let f = framing(prepared);
+    if !f.has_body {
+        Writer::Done
+    } else if prepared.headers.contains_key(header::TRANSFER_ENCODING) {
+        // `prepare_upstream` made it chunked.
+        Writer::Chunked
+    } else {
+        Writer::Length(f.length.unwrap_or(0))
     }
 }
 
-/// A try's copy of a request prepared by [`prepare_upstream`], with the try's own `fields`:
-/// HTTP/1.1 whatever the client spoke (the client's own version stays on its session, which
-/// frames the response by it).
-///
-/// Cost: one field map sized for the copy and the try's fields, no field-name case map: the
-/// fields are moved by reference count, and names go out in canonical case (title case for
-/// the standard ones, lower case for the rest, as Envoy and hyper send them). Cloning the
-/// header instead copies both maps at their exact size, then grows both for the try's fields
-/// and parses each added name again (about 12 allocations against 3, measured with DHAT). A
-/// target kept as the client sent it (not valid UTF-8) is cloned, so its bytes go on as they
-/// came.
-pub fn upstream_request(prepared: &RequestHeader, fields: TryFields) -> RequestHeader {
-    if !prepared.raw_path_is_utf8() || prepared.uri.authority().is_some() {
-        let mut r = prepared.clone();
-        if r.version != http::Version::HTTP_11 {
-            r.set_version(http::Version::HTTP_11);
-        }
-        if let Some(d) = fields.deadline {
-            let _ = r.insert_header(X_MESH_DEADLINE_MS, d);
-        }
-        if let Some(tp) = fields.traceparent {
-            let _ = r.insert_header(TRACEPARENT.clone(), tp);
-        }
-        return r;
-    }
-    let mut parts = http::Request::new(()).into_parts().0;
-    parts.method = prepared.method.clone();
-    parts.uri = prepared.uri.clone();
-    let mut headers = http::HeaderMap::with_capacity(prepared.headers.len() + fields.count());
-    for (name, value) in &prepared.headers {
-        headers.append(name.clone(), value.clone());
-    }
-    // `insert` replaces what the client sent under the name.
-    if let Some(d) = fields.deadline {
-        headers.insert(X_MESH_DEADLINE_MS, d);
-    }
-    if let Some(tp) = fields.traceparent {
-        headers.insert(TRACEPARENT.clone(), tp);
-    }
-    parts.headers = headers;
-    RequestHeader::from(parts)
+fn put_field(out: &mut bytes::BytesMut, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// The upstream's response header as the client gets it: without its hop-by-hop fields, the
 /// standard ones and those its `Connection` header nominates (RFC 9110 7.6.1; the downstream
-/// session replaces `Connection` itself and frames the body), with `fields` (the `x-mesh-*`
-/// ones) in place of any the upstream sent. A `101` is cloned whole (the upgrade handshake
-/// needs its fields).
+/// session replaces `Connection` itself and frames the body), without a `Content-Length` that a
+/// `Transfer-Encoding` overrides (RFC 9112 6.3), and with `fields` (the `x-mesh-*` ones) in
+/// place of any the upstream sent. A `101` keeps every field (the upgrade handshake needs
+/// them).
 ///
-/// Cost: the field map is cloned (no name is hashed again; values are shared by reference
-/// count) without pingora-http's case map, so names go on in canonical case as in
-/// [`upstream_request`]; a response without hop-by-hop fields costs one pass over its names,
-/// and the added fields grow the clone's entries once.
+/// Cost: one field map of the right size, built in one pass over the response's field index;
+/// values share the response header's bytes (no copy), and a standard name is not allocated.
+/// No case map: names go on in canonical case (title case for the dozen standard names the
+/// downstream session titles, lower case for the rest).
 pub fn downstream_response(
-    up: &ResponseHeader,
+    up: &crate::h1::response::Response,
     fields: &[(HeaderName, HeaderValue)],
 ) -> ResponseHeader {
-    if up.status == http::StatusCode::SWITCHING_PROTOCOLS {
-        return up.clone();
-    }
-    let mut headers = up.headers.clone();
-    if headers.keys().any(|k| RESPONSE_HOP_BY_HOP.contains(k)) {
-        for name in &RESPONSE_HOP_BY_HOP {
-            headers.remove(name);
+    let upgrade = up.status == 101;
+    let nominations = || {
+        up.fields()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
+            .flat_map(|(_, v)| v.split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| {
+                !t.is_empty()
+                    && !t.eq_ignore_ascii_case(b"close")
+                    && !t.eq_ignore_ascii_case(b"keep-alive")
+                    && !is_framing(std::str::from_utf8(t).unwrap_or(""))
+            })
+    };
+    let any_nominated = !upgrade && nominations().next().is_some();
+    let mut headers = http::HeaderMap::with_capacity(up.field_count() + fields.len());
+    for (name, value) in up.shared_fields() {
+        let Ok(name) = HeaderName::from_bytes(name) else {
+            continue;
+        };
+        if !upgrade && RESPONSE_HOP_BY_HOP.contains(&name) {
+            continue;
         }
-    }
-    if connection_nominations(&headers).any(|t| nominates_field(&headers, t)) {
-        for name in &nominated_names(&headers) {
-            headers.remove(name);
+        if name == header::CONTENT_LENGTH && up.framing.transfer_encoding {
+            continue;
+        }
+        if any_nominated && nominations().any(|t| t.eq_ignore_ascii_case(name.as_ref())) {
+            continue;
+        }
+        match HeaderValue::from_maybe_shared(value) {
+            Ok(value) => {
+                headers.append(name, value);
+            }
+            Err(_) => tracing::debug!(field = %name, "dropped a response field with a bad value"),
         }
     }
     // `insert` replaces every value the upstream sent under the name.
@@ -327,11 +350,15 @@ pub fn downstream_response(
         headers.insert(name.clone(), value.clone());
     }
     let mut parts = http::Response::new(()).into_parts().0;
-    parts.status = up.status;
-    parts.version = up.version;
+    parts.status = http::StatusCode::from_u16(up.status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+    parts.version = if up.http10 {
+        http::Version::HTTP_10
+    } else {
+        http::Version::HTTP_11
+    };
     parts.headers = headers;
     let mut resp = ResponseHeader::from(parts);
-    let _ = resp.set_reason_phrase(up.get_reason_phrase());
+    let _ = resp.set_reason_phrase(std::str::from_utf8(up.reason()).ok());
     resp
 }
 

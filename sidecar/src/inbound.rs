@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pingora_core::protocols::http::v1::server::HttpSession;
-use pingora_http::RequestHeader;
 
 use crate::conn::Handler;
 use crate::forward::{self, Forwarded, ReqBody};
@@ -124,12 +123,9 @@ impl Inbound {
         }
         // The app's parent is this hop's server span (unsampled: see `trace`).
         let traceparent = cx.trace.as_ref().and_then(ReqTrace::outgoing);
-        let copy = |base: &RequestHeader| {
-            let fields = h::TryFields {
-                deadline: None,
-                traceparent: traceparent.clone(),
-            };
-            h::upstream_request(base, fields)
+        let fields = || h::TryFields {
+            deadline: None,
+            traceparent: traceparent.clone(),
         };
         let idempotent = mesh_policy::retry::is_idempotent(s.req_header().method.as_str());
         let limits = Limits {
@@ -143,7 +139,7 @@ impl Inbound {
             self.app,
             limits,
             source,
-            copy,
+            fields,
             idempotent,
             &mut body,
         )
@@ -173,14 +169,11 @@ impl Inbound {
                 return self.answer(s, cx, reason, &detail).await;
             }
         };
-        let up = conn
-            .session
-            .resp_header()
-            .expect("a response header was read");
+        let up = conn.client.response().expect("a response header was read");
         let resp = h::downstream_response(up, &[]);
-        let forwarded = forward::response(s, &mut conn.session, resp, timeout).await;
+        let forwarded = forward::response(s, &mut conn.client, resp, timeout).await;
         if forwarded == Forwarded::Complete {
-            self.upstreams.put(self.app, conn.session).await;
+            self.upstreams.put(self.app, conn.client);
         }
     }
 

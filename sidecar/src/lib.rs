@@ -37,6 +37,7 @@ pub mod conn;
 pub mod control;
 pub mod endpoints;
 pub mod forward;
+pub mod h1;
 pub mod http;
 pub mod inbound;
 pub mod limits;

@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 
 use mesh_policy::addr_map::AddrMap;
 use pingora_core::connectors::TransportConnector;
-use pingora_core::protocols::http::v1::client::HttpSession as ClientSession;
 use pingora_core::protocols::Stream;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::ErrorType;
+
+use crate::h1::client::Client;
 
 /// How long an idle upstream connection stays in the pool.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -29,7 +30,7 @@ const CHECK_AFTER_IDLE: Duration = Duration::from_millis(500);
 
 /// A connection to an endpoint, ready for one request.
 pub struct Conn {
-    pub session: ClientSession,
+    pub client: Client,
     /// It came from the pool (so a failure on it may be the endpoint closing an idle
     /// connection, not the endpoint failing).
     pub reused: bool,
@@ -78,7 +79,7 @@ impl Upstreams {
     ) -> Result<Conn, ConnectError> {
         if let Some(stream) = self.checkout(addr, Instant::now(), careful) {
             return Ok(Conn {
-                session: ClientSession::new(stream),
+                client: Client::new(stream),
                 reused: true,
             });
         }
@@ -99,7 +100,7 @@ impl Upstreams {
         // allocation.
         match Box::pin(self.connector.new_stream(&peer)).await {
             Ok(stream) => Ok(Conn {
-                session: ClientSession::new(stream),
+                client: Client::new(stream),
                 reused: false,
             }),
             Err(e) if matches!(e.etype(), ErrorType::ConnectTimedout) => {
@@ -114,11 +115,10 @@ impl Upstreams {
 
     /// Gives a connection whose exchange is complete back to the pool, or closes it when the
     /// endpoint will not keep it alive.
-    pub async fn put(&self, addr: SocketAddr, mut session: ClientSession) {
+    pub fn put(&self, addr: SocketAddr, client: Client) {
         // Keep-alive as the response's version and `Connection` say (a close-delimited body
         // or bytes past the end never are).
-        session.respect_keepalive();
-        let Some(stream) = session.reuse().await else {
+        let Some(stream) = client.into_reusable() else {
             return;
         };
         let mut idle = self.idle.lock().expect("pool lock");

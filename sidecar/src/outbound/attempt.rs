@@ -14,9 +14,12 @@ use std::time::{Duration, Instant};
 use opentelemetry_sdk::trace::Span as SdkSpan;
 use pingora_http::RequestHeader;
 
+use crate::h1::client::Client;
+use crate::http::TryFields;
+
 use crate::endpoints::balancer::Chosen;
 use crate::endpoints::balancer::InFlightGuard;
-use crate::forward::{self, BodyError, ReqBody};
+use crate::forward::{BodyError, ReqBody};
 use crate::reason::Reason;
 use crate::state::ServiceRoute;
 use crate::telemetry::metrics;
@@ -238,29 +241,28 @@ pub struct Limits {
 }
 
 /// One try under its time limit: one exchange, and once more on a new connection when a
-/// pooled one turned out closed. `copy` makes the try's request from the prepared header.
+/// pooled one turned out closed. `fields` are the try's own request fields (deadline, trace
+/// context), made for each exchange.
 pub async fn run(
     upstreams: &Upstreams,
     addr: SocketAddr,
     limits: Limits,
     mut src: Source<'_>,
-    copy: impl Fn(&RequestHeader) -> RequestHeader,
+    fields: impl Fn() -> TryFields,
     idempotent: bool,
     body: &mut ReqBody,
 ) -> Result<Conn, Failed> {
     let tries = async {
         let mut fresh = false;
         loop {
-            let req = copy(src.header());
-            let client = src.client();
             match exchange(
                 upstreams,
                 addr,
                 limits.connect,
-                req,
+                &mut src,
+                &fields(),
                 idempotent,
                 fresh,
-                client,
                 body,
             )
             .await
@@ -293,16 +295,16 @@ pub enum Failed {
 
 /// One exchange with `addr`: a connection (pooled, or new when `fresh`), the request header,
 /// the body, and the response header. The caller bounds the whole exchange by the try's
-/// timeout, and on [`Failed::Stale`] sends a new copy of the request with `fresh` set.
+/// timeout, and on [`Failed::Stale`] sends the request again with `fresh` set.
 #[allow(clippy::too_many_arguments)]
 async fn exchange(
     upstreams: &Upstreams,
     addr: SocketAddr,
     connect_timeout: Duration,
-    req: RequestHeader,
+    src: &mut Source<'_>,
+    fields: &TryFields,
     idempotent: bool,
     fresh: bool,
-    down: Option<&mut HttpSession>,
     body: &mut ReqBody,
 ) -> Result<Conn, Failed> {
     let mut conn = if fresh {
@@ -315,7 +317,12 @@ async fn exchange(
             timed_out: e == ConnectError::TimedOut,
         })
     })?;
-    match send(&mut conn, req, down, body).await {
+    let req = src.header();
+    let head = req.method == http::Method::HEAD;
+    conn.client.begin(head, |out| {
+        crate::http::write_upstream_head(req, fields, out)
+    });
+    match send(&mut conn.client, src.client(), body).await {
         Ok(()) => Ok(conn),
         // Nothing reached an app through a connection whose first write failed; a request
         // written to a connection that then turned out closed may be sent again when it is
@@ -330,28 +337,25 @@ async fn exchange(
     }
 }
 
-/// Sends the request and reads the response header; on failure, says whether the request
-/// header had been written.
+/// Sends the request (its header is in the connection's buffer) and reads the response
+/// header; on failure, says whether any of the request had been written.
 async fn send(
-    conn: &mut Conn,
-    req: RequestHeader,
+    up: &mut Client,
     down: Option<&mut HttpSession>,
     body: &mut ReqBody,
 ) -> Result<(), (Failed, bool)> {
     const RESET: Failed = Failed::Try(Ended::Reset);
-    let up = &mut conn.session;
-    up.write_request_header(Box::new(req))
-        .await
-        .map_err(|_| (RESET, false))?;
-    if let Some(down) = down {
-        body.send(down, up).await.map_err(|e| match e {
-            BodyError::Client => (Failed::Client, true),
-            BodyError::Upstream => (RESET, true),
-        })?;
-    } else {
-        up.finish_body().await.map_err(|_| (RESET, true))?;
+    let sent = match down {
+        Some(down) => body.send(down, up).await.map_err(|e| match e {
+            BodyError::Client => Failed::Client,
+            BodyError::Upstream => RESET,
+        }),
+        None => up.finish_body().await.map_err(|_| RESET),
+    };
+    if let Err(e) = sent {
+        return Err((e, up.wrote()));
     }
-    match forward::read_response_header(up).await {
+    match up.read_response().await {
         Ok(_) => Ok(()),
         Err(e) => {
             tracing::debug!(error = %e, "reading the response header");

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use pingora_http::RequestHeader;
 
 use super::attempt::{self, Ended, Failed, Source, Try};
-use super::try_request;
+use super::try_fields;
 use crate::forward::ReqBody;
 use crate::reason::Reason;
 use crate::state::ServiceRoute;
@@ -81,13 +81,13 @@ pub async fn race(
         let limits = super::limits(route, deadline.saturating_duration_since(Instant::now()));
         async move {
             let mut body = ReqBody::none();
-            let copy = |b: &RequestHeader| try_request(b, deadline, tp.clone());
+            let fields = || try_fields(deadline, tp.clone());
             attempt::run(
                 upstreams,
                 addr,
                 limits,
                 Source::Header(base),
-                copy,
+                fields,
                 true,
                 &mut body,
             )
@@ -195,7 +195,7 @@ fn settle(t: &mut Try, r: Result<Conn, Failed>) -> Result<Conn, Ended> {
     let now = Instant::now();
     let ended = match r {
         Ok(conn) => {
-            let status = conn.session.get_status().map_or(0, |s| s.as_u16());
+            let status = conn.client.status();
             t.finish(Ended::Answered(status), now);
             t.end_span(Some(status), None);
             return Ok(conn);

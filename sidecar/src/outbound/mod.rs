@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pingora_core::protocols::http::v1::server::HttpSession;
-use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_http::ResponseHeader;
 use rand::Rng;
 
 use crate::conn::Handler;
@@ -95,17 +95,12 @@ impl Handler for Outbound {
 /// A try's request: the prepared request (see `http::prepare_upstream`) with what is left of
 /// the deadline at `deadline`, and the trace context the next hop continues: this try's own
 /// span's (sampled requests), else the request's (`traceparent`, set once in `proxy`).
-fn try_request(
-    base: &RequestHeader,
-    deadline: Instant,
-    traceparent: Option<http::HeaderValue>,
-) -> RequestHeader {
+fn try_fields(deadline: Instant, traceparent: Option<http::HeaderValue>) -> h::TryFields {
     let left = deadline.saturating_duration_since(Instant::now());
-    let fields = h::TryFields {
+    h::TryFields {
         deadline: Some(h::deadline_header(left)),
         traceparent,
-    };
-    h::upstream_request(base, fields)
+    }
 }
 
 impl Outbound {
@@ -308,7 +303,7 @@ impl Outbound {
                 addr,
                 limits,
                 Source::Client(&mut *s),
-                |base| try_request(base, deadline, tp.clone()),
+                || try_fields(deadline, tp.clone()),
                 idempotent,
                 body,
             )
@@ -316,7 +311,7 @@ impl Outbound {
             let now = Instant::now();
             let (ended, conn) = match exchanged {
                 Ok(conn) => {
-                    let status = conn.session.get_status().map_or(0, |s| s.as_u16());
+                    let status = conn.client.status();
                     (Ended::Answered(status), Some(conn))
                 }
                 Err(Failed::Client) => {
@@ -335,7 +330,7 @@ impl Outbound {
             // straight to the policy.
             let answer_retriable = match (ended, &conn) {
                 (Ended::Answered(status), Some(conn)) => {
-                    match retriable_status(route, status, &conn.session) {
+                    match retriable_status(route, status, &conn.client) {
                         Some(after) => {
                             retry_after = after;
                             true
@@ -375,13 +370,13 @@ impl Outbound {
                 let detail = failure_detail(route, ended, cx.attempts, refusal);
                 return self.answer(s, cx, ended.reason(), &detail).await;
             };
-            let status = conn.session.get_status().map_or(0, |s| s.as_u16());
+            let status = conn.client.status();
             t.end_span(Some(status), None);
-            let resp = self.response_header(&conn.session, cx.attempts, t.upstream_header(), false);
+            let resp = self.response_header(&conn.client, cx.attempts, t.upstream_header(), false);
             let idle = policy.timeouts.per_try().unwrap_or(remaining);
-            let forwarded = forward::response(s, &mut conn.session, resp, idle).await;
+            let forwarded = forward::response(s, &mut conn.client, resp, idle).await;
             if forwarded == Forwarded::Complete {
-                self.upstreams.put(addr, conn.session).await;
+                self.upstreams.put(addr, conn.client);
             }
             drop(t);
             return;
@@ -391,12 +386,12 @@ impl Outbound {
     /// The upstream's response header as the client gets it.
     fn response_header(
         &self,
-        up: &pingora_core::protocols::http::v1::client::HttpSession,
+        up: &crate::h1::client::Client,
         attempts: u32,
         upstream: http::HeaderValue,
         hedged: bool,
     ) -> ResponseHeader {
-        let up = up.resp_header().expect("a response header was read");
+        let up = up.response().expect("a response header was read");
         // Which try answered and where: cached header values, static names, no formatting or
         // parsing per response.
         let attempts = (h::X_MESH_ATTEMPTS, reason::attempts_value(attempts));
@@ -474,7 +469,7 @@ impl Outbound {
                 cx.endpoint = Some(w.winner.addr());
                 let mut conn = w.conn;
                 let resp = self.response_header(
-                    &conn.session,
+                    &conn.client,
                     w.attempts,
                     w.winner.upstream_header(),
                     w.attempts > 1,
@@ -484,9 +479,9 @@ impl Outbound {
                     .timeouts
                     .per_try()
                     .unwrap_or(deadline.saturating_duration_since(Instant::now()));
-                let forwarded = forward::response(s, &mut conn.session, resp, idle).await;
+                let forwarded = forward::response(s, &mut conn.client, resp, idle).await;
                 if forwarded == Forwarded::Complete {
-                    self.upstreams.put(w.winner.addr(), conn.session).await;
+                    self.upstreams.put(w.winner.addr(), conn.client);
                 }
             }
             Err(f) => {
@@ -545,15 +540,16 @@ impl Outbound {
 fn retriable_status(
     route: &ServiceRoute,
     status: u16,
-    up: &pingora_core::protocols::http::v1::client::HttpSession,
+    up: &crate::h1::client::Client,
 ) -> Option<Option<Duration>> {
     let retries = &route.policy.retries;
     if status < 500 || !retries.retries_status(status) {
         return None;
     }
     let after = up
-        .get_header(http::header::RETRY_AFTER)
-        .and_then(|v| parse_retry_after(v.as_bytes(), std::time::SystemTime::now()));
+        .response()
+        .and_then(|r| r.get("retry-after"))
+        .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
     if after.is_some_and(|d| d > Duration::from_millis(retries.backoff_ms[1])) {
         route.count_refusal(Refusal::NotRetriable);
         return None;
