@@ -1,5 +1,5 @@
 //! One client connection: the loop that reads its requests one after another and hands each to
-//! a listener's [`Handler`], on pingora-core's HTTP/1 server session.
+//! a listener's [`Handler`], each on an [`h1::server::Server`](crate::h1::server::Server).
 //!
 //! One task per connection (the listening service spawns it), no task or channel per request;
 //! each request's session and serving future are one allocation, freed when the response is
@@ -18,14 +18,13 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use crate::h1::server::{ReadError, Server};
 use async_trait::async_trait;
 use bytes::BytesMut;
 use pingora_core::apps::{HttpServerApp, ServerApp};
-use pingora_core::protocols::http::v1::server::HttpSession;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
-use pingora_error::ErrorType;
 use pingora_proxy::HttpProxy;
 use tokio::io::{AsyncRead, ReadBuf};
 
@@ -39,7 +38,7 @@ pub const CLIENT_KEEPALIVE_S: u64 = 60;
 pub trait Handler: Send + Sync + 'static {
     /// Serves one request whose header has been read: by the time it returns, the response
     /// has been written whole (or the connection is known to be unusable).
-    fn serve<'a>(&'a self, s: &'a mut HttpSession) -> impl Future<Output = ()> + Send + 'a;
+    fn serve<'a>(&'a self, s: &'a mut Server) -> impl Future<Output = ()> + Send + 'a;
 
     /// Answers a request that could not be read (malformed header).
     fn bad_request(&self) -> (&'static str, &str);
@@ -142,26 +141,24 @@ impl<H: Handler> Listener<H> {
         first: BytesMut,
         shutdown: &mut ShutdownWatch,
     ) -> Option<(Stream, Option<BytesMut>)> {
-        let mut s = HttpSession::new(stream);
-        s.set_pipelining_enabled(true);
-        s.set_pipelined_prefix(first);
+        let mut s = Server::new(stream, first);
         let closing = *shutdown.borrow();
-        s.set_server_keepalive((!closing).then_some(CLIENT_KEEPALIVE_S));
         let read = tokio::select! {
             biased;
-            r = s.read_request() => r,
+            r = s.read_request(!closing) => r,
             _ = shutdown.changed() => return None,
         };
         match read {
-            Ok(Some(_)) => {}
-            Ok(None) => return None,
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(ReadError::Malformed(why)) => {
+                let (hop, service) = self.handler.bad_request();
+                let detail = format!("malformed request: {why}");
+                crate::reason::answer(&mut s, Reason::BadRequest, hop, service, &detail, 0).await;
+                return None;
+            }
             Err(e) => {
-                if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
-                    let (hop, service) = self.handler.bad_request();
-                    let detail = format!("malformed request: {}", e.reason_str());
-                    crate::reason::answer(&mut s, Reason::BadRequest, hop, service, &detail, 0)
-                        .await;
-                }
+                tracing::debug!(error = %e, "no request read");
                 return None;
             }
         }
@@ -170,32 +167,13 @@ impl<H: Handler> Listener<H> {
             return None;
         }
         self.handler.serve(&mut s).await;
-        match s.reuse().await {
-            Ok(Some(reusable)) => Some(reusable.into_parts()),
-            _ => None,
-        }
+        s.into_next()
     }
 
     /// Gives an Upgrade request to pingora-proxy: the request's bytes become the pipelined
     /// prefix of a new session on the same connection.
-    async fn hand_over(&self, s: HttpSession, shutdown: &ShutdownWatch) {
-        let head = s.get_headers_raw_bytes();
-        let mut bytes = BytesMut::with_capacity(head.len());
-        bytes.extend_from_slice(&head);
-        let stream = if s.will_keepalive() {
-            match s.reuse().await {
-                Ok(Some(r)) => {
-                    let (stream, more) = r.into_parts();
-                    if let Some(more) = more {
-                        bytes.extend_from_slice(&more);
-                    }
-                    stream
-                }
-                _ => return,
-            }
-        } else {
-            s.into_inner()
-        };
+    async fn hand_over(&self, s: Server, shutdown: &ShutdownWatch) {
+        let (stream, bytes) = s.into_hand_over();
         let mut session = ServerSession::new_http1(stream);
         session.set_pipelined_prefix(bytes);
         session.set_keepalive(None);

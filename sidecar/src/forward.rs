@@ -1,18 +1,18 @@
 //! Moving a request body up and a response down, shared by both listeners.
 //!
-//! The response is streamed: its header goes to the client as soon as it is read, and each
-//! body read is written on at once, straight from the upstream session's buffer (no copy into
-//! a new buffer per chunk). The request body is read from the client while it is sent, and
-//! kept (as reference-counted chunks, no copy) when the table lets a retry send it again.
+//! The response is streamed: its header goes to the client with the first body bytes, or as
+//! soon as the upstream makes the client wait, and each body read is written on at once,
+//! straight from the upstream connection's buffer. The request body is read from the client
+//! while it is sent, and kept (copied) when the table lets a retry send it again.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header;
-use pingora_core::protocols::http::v1::server::HttpSession;
+use http::header::{self, HeaderName, HeaderValue};
 
 use crate::h1::client::Client;
-use pingora_http::ResponseHeader;
+use crate::h1::server::{Out, Server};
+use crate::http::Reframe;
 
 /// The request body, as the tries of one request send it.
 pub struct ReqBody {
@@ -40,7 +40,7 @@ pub enum BodyError {
 impl ReqBody {
     /// The body of the request `s` has read; `replay_limit` is the largest body kept for a
     /// retry (`None`: never kept, as on the inbound side).
-    pub fn of(s: &HttpSession, replay_limit: Option<u64>) -> ReqBody {
+    pub fn of(s: &Server, replay_limit: Option<u64>) -> ReqBody {
         let req = s.req_header();
         let crate::http::Framing {
             has_body: present,
@@ -89,7 +89,7 @@ impl ReqBody {
 
     /// Sends the body on `up`: what was kept from an earlier try, then the rest as the client
     /// sends it.
-    pub async fn send(&mut self, down: &mut HttpSession, up: &mut Client) -> Result<(), BodyError> {
+    pub async fn send(&mut self, down: &mut Server, up: &mut Client) -> Result<(), BodyError> {
         if !self.present {
             // The request header goes out now, on its own.
             return up.finish_body().await.map_err(|_| BodyError::Upstream);
@@ -104,17 +104,15 @@ impl ReqBody {
         if !self.done {
             if self.expects_continue {
                 self.expects_continue = false;
-                down.write_continue_response()
-                    .await
-                    .map_err(|_| BodyError::Client)?;
+                down.write_continue().await.map_err(|_| BodyError::Client)?;
             }
             loop {
-                match down.read_body_bytes().await {
+                match down.read_body().await {
                     Ok(Some(chunk)) => {
                         self.consumed = true;
-                        let sent = up.write_body(&chunk).await;
+                        let sent = up.write_body(chunk).await;
                         if let Some(kept) = self.kept.as_mut() {
-                            kept.push(chunk);
+                            kept.push(Bytes::copy_from_slice(chunk));
                         }
                         sent.map_err(|_| BodyError::Upstream)?;
                     }
@@ -146,34 +144,38 @@ pub enum Forwarded {
     ClientGone,
 }
 
-/// Writes `resp` (the upstream's header, edited by the caller) to the client and streams the
-/// body. A body of unknown length (close-delimited upstream) is sent chunked to an HTTP/1.1
-/// client and close-delimited to an HTTP/1.0 one (RFC 9112 6.3). Each body read waits up to
-/// `idle` for data.
+/// Writes the upstream's response to the client, with `fields` (the `x-mesh-*` ones) in place
+/// of any the upstream sent, and streams the body. A body of unknown length (chunked or
+/// close-delimited upstream) is sent chunked to an HTTP/1.1 client and close-delimited to an
+/// HTTP/1.0 one (RFC 9112 6.3). Each body read waits up to `idle` for data; what has been read
+/// is sent before waiting, so a slow body reaches the client as it comes.
 pub async fn response(
-    down: &mut HttpSession,
+    down: &mut Server,
     up: &mut Client,
-    mut resp: ResponseHeader,
+    fields: &[(HeaderName, HeaderValue)],
     idle: Duration,
 ) -> Forwarded {
-    let bodiless = matches!(resp.status.as_u16(), 100..=199 | 204 | 304)
-        || down.req_header().method == http::Method::HEAD;
-    let http10 = down.req_header().version != http::Version::HTTP_11;
-    if http10 && resp.headers.contains_key(header::TRANSFER_ENCODING) {
-        // An HTTP/1.0 client cannot read chunked framing: the body ends with the connection.
-        resp.remove_header(&header::TRANSFER_ENCODING);
-    }
-    if !bodiless
-        && !http10
-        && !resp.headers.contains_key(header::CONTENT_LENGTH)
-        && !resp.headers.contains_key(header::TRANSFER_ENCODING)
-    {
-        let _ = resp.insert_header(header::TRANSFER_ENCODING, "chunked");
-    }
-    if down.write_response_header(Box::new(resp)).await.is_err() {
-        return Forwarded::ClientGone;
-    }
+    let resp = up.response().expect("a response header was read");
+    let req = down.req_header();
+    let bodiless = matches!(resp.status, 100..=199 | 204 | 304) || req.method == http::Method::HEAD;
+    let http10 = req.version != http::Version::HTTP_11;
+    let length = resp
+        .framing
+        .content_length
+        .filter(|_| !resp.framing.transfer_encoding);
+    let (out, reframe) = match length {
+        _ if bodiless => (Out::Empty, Reframe::Same),
+        Some(n) => (Out::Length(n), Reframe::Same),
+        None if http10 => (Out::Close, Reframe::Close),
+        None => (Out::Chunked, Reframe::Chunked),
+    };
+    down.begin_response(resp.status, resp.reason(), out, |o| {
+        crate::http::write_downstream_fields(resp, fields, reframe, o)
+    });
     loop {
+        if !up.body_ready() && down.flush().await.is_err() {
+            return Forwarded::ClientGone;
+        }
         match up.read_body(idle).await {
             Ok(Some(chunk)) => {
                 if down.write_body(chunk).await.is_err() {
@@ -183,13 +185,14 @@ pub async fn response(
             Ok(None) => break,
             Err(e) => {
                 tracing::debug!(error = %e, "the upstream broke off its response body");
-                down.set_server_keepalive(None);
+                down.set_keep_alive(false);
+                let _ = down.flush().await;
                 return Forwarded::UpstreamBroke;
             }
         }
     }
-    match down.finish_body().await {
-        Ok(_) => Forwarded::Complete,
+    match down.finish().await {
+        Ok(()) => Forwarded::Complete,
         Err(_) => Forwarded::ClientGone,
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use http::header::{self, HeaderName, HeaderValue};
 use pingora_core::protocols::http::authority::{raw_target_authority, RawTargetAuthority};
-use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_http::RequestHeader;
 
 pub use mesh_proto::headers::{
     deadline_value, X_MESH_ATTEMPTS, X_MESH_DEADLINE_MS, X_MESH_ERROR, X_MESH_HEDGED,
@@ -295,22 +295,34 @@ fn put_field(out: &mut bytes::BytesMut, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// The upstream's response header as the client gets it: without its hop-by-hop fields, the
-/// standard ones and those its `Connection` header nominates (RFC 9110 7.6.1; the downstream
-/// session replaces `Connection` itself and frames the body), without a `Content-Length` that a
-/// `Transfer-Encoding` overrides (RFC 9112 6.3), and with `fields` (the `x-mesh-*` ones) in
-/// place of any the upstream sent. A `101` keeps every field (the upgrade handshake needs
-/// them).
+/// How the client's response is framed, as [`write_downstream_fields`] needs to know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reframe {
+    /// As the upstream framed it: a length, or no body (its framing fields pass as sent).
+    Same,
+    /// Chunked by the sidecar (a chunked or close-delimited upstream body, HTTP/1.1 client).
+    Chunked,
+    /// Delimited by closing the connection (HTTP/1.0 client, length unknown).
+    Close,
+}
+
+/// Puts the upstream's response fields as the client gets them in `out`, as they came (names
+/// in the upstream's case, values untouched), without its hop-by-hop fields: `Connection`
+/// (the client connection's own is written by the session), the standard ones and those its
+/// `Connection` nominates (RFC 9110 7.6.1); without a `Content-Length` that a
+/// `Transfer-Encoding` overrides (RFC 9112 6.3); with the framing `reframe` says; and with
+/// `fields` (the `x-mesh-*` ones) in place of any the upstream sent. Returns whether a `Date`
+/// was among them.
 ///
-/// Cost: one field map of the right size, built in one pass over the response's field index;
-/// values share the response header's bytes (no copy), and a standard name is not allocated.
-/// No case map: names go on in canonical case (title case for the dozen standard names the
-/// downstream session titles, lower case for the rest).
-pub fn downstream_response(
+/// Cost: one pass over the response's field index, copying bytes: no field map, no name
+/// parsed or allocated.
+pub fn write_downstream_fields(
     up: &crate::h1::response::Response,
     fields: &[(HeaderName, HeaderValue)],
-) -> ResponseHeader {
-    let upgrade = up.status == 101;
+    reframe: Reframe,
+    out: &mut bytes::BytesMut,
+) -> bool {
+    use crate::h1::server::put_field;
     let nominations = || {
         up.fields()
             .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
@@ -323,57 +335,71 @@ pub fn downstream_response(
                     && !is_framing(std::str::from_utf8(t).unwrap_or(""))
             })
     };
-    let any_nominated = !upgrade && nominations().next().is_some();
-    let mut headers = http::HeaderMap::with_capacity(up.field_count() + fields.len());
-    for (name, value) in up.shared_fields() {
-        let Ok(name) = HeaderName::from_bytes(name) else {
-            continue;
-        };
-        if !upgrade && RESPONSE_HOP_BY_HOP.contains(&name) {
-            continue;
-        }
-        if name == header::CONTENT_LENGTH && up.framing.transfer_encoding {
-            continue;
-        }
-        if any_nominated && nominations().any(|t| t.eq_ignore_ascii_case(name.as_ref())) {
-            continue;
-        }
-        match HeaderValue::from_maybe_shared(value) {
-            Ok(value) => {
-                headers.append(name, value);
-            }
-            Err(_) => tracing::debug!(field = %name, "dropped a response field with a bad value"),
-        }
-    }
-    // `insert` replaces every value the upstream sent under the name.
-    for (name, value) in fields {
-        headers.insert(name.clone(), value.clone());
-    }
-    let mut parts = http::Response::new(()).into_parts().0;
-    parts.status = http::StatusCode::from_u16(up.status).unwrap_or(http::StatusCode::BAD_GATEWAY);
-    parts.version = if up.http10 {
-        http::Version::HTTP_10
-    } else {
-        http::Version::HTTP_11
+    let any_nominated = nominations().next().is_some();
+    let te = up.framing.transfer_encoding;
+    // The upstream's Transfer-Encoding goes on when the body is chunked again as it came.
+    let keep_te = match reframe {
+        Reframe::Same => true,
+        Reframe::Chunked => up.framing.chunked,
+        Reframe::Close => false,
     };
-    parts.headers = headers;
-    let mut resp = ResponseHeader::from(parts);
-    let _ = resp.set_reason_phrase(std::str::from_utf8(up.reason()).ok());
-    resp
+    let mut has_date = false;
+    for (name, value) in up.fields() {
+        let skip = match response_field(name) {
+            Field::HopByHop => true,
+            Field::ContentLength => te,
+            Field::TransferEncoding => !keep_te,
+            Field::Date => {
+                has_date = true;
+                false
+            }
+            Field::Other => {
+                fields
+                    .iter()
+                    .any(|(n, _)| name.eq_ignore_ascii_case(n.as_str().as_bytes()))
+                    || (any_nominated && nominations().any(|t| t.eq_ignore_ascii_case(name)))
+            }
+        };
+        if !skip {
+            put_field(out, name, value);
+        }
+    }
+    if reframe == Reframe::Chunked && !keep_te {
+        put_field(out, b"transfer-encoding", b"chunked");
+    }
+    for (name, value) in fields {
+        put_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    has_date
+}
+
+/// What a response field is to a proxy.
+enum Field {
+    HopByHop,
+    ContentLength,
+    TransferEncoding,
+    Date,
+    Other,
+}
+
+/// Told apart by length first: most fields are none of these.
+fn response_field(name: &[u8]) -> Field {
+    let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+    match name.len() {
+        10 if is(b"connection") || is(b"keep-alive") => Field::HopByHop,
+        16 if is(b"proxy-connection") => Field::HopByHop,
+        2 if is(b"te") => Field::HopByHop,
+        7 if is(b"upgrade") => Field::HopByHop,
+        14 if is(b"content-length") => Field::ContentLength,
+        17 if is(b"transfer-encoding") => Field::TransferEncoding,
+        4 if is(b"date") => Field::Date,
+        _ => Field::Other,
+    }
 }
 
 fn is_framing(t: &str) -> bool {
     t.eq_ignore_ascii_case("content-length") || t.eq_ignore_ascii_case("transfer-encoding")
 }
-
-/// Hop-by-hop response fields a proxy removes whether or not `Connection` names them
-/// (RFC 9110 7.6.1). `Transfer-Encoding` is the session's: it frames the body it writes.
-static RESPONSE_HOP_BY_HOP: [HeaderName; 4] = [
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::UPGRADE,
-];
 
 /// Whether a `Connection` token names a field of `headers` that must go with the hop: not a
 /// framing field, and not one of the options that name no field (`close`, a reserved field

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pingora_core::protocols::http::v1::server::HttpSession;
+use crate::h1::server::Server;
 
 use crate::conn::Handler;
 use crate::forward::{self, Forwarded, ReqBody};
@@ -48,7 +48,7 @@ struct Ctx {
 }
 
 impl Handler for Inbound {
-    async fn serve(&self, s: &mut HttpSession) {
+    async fn serve(&self, s: &mut Server) {
         let mut cx = Ctx {
             started: Instant::now(),
             answered: None,
@@ -74,15 +74,15 @@ impl Inbound {
             .unwrap_or(Duration::from_millis(mesh_table::defaults::REQUEST_MS))
     }
 
-    async fn answer(&self, s: &mut HttpSession, cx: &mut Ctx, reason: Reason, detail: &str) {
+    async fn answer(&self, s: &mut Server, cx: &mut Ctx, reason: Reason, detail: &str) {
         cx.answered = Some(reason);
         reason::answer(s, reason, "inbound", &self.mesh.service, detail, 0).await;
     }
 
-    async fn proxy(&self, s: &mut HttpSession, cx: &mut Ctx) {
+    async fn proxy(&self, s: &mut Server, cx: &mut Ctx) {
         if let Some(tracing) = &self.tracing {
             let req = s.req_header();
-            let peer = s.client_addr().and_then(|p| p.as_inet()).copied();
+            let peer = s.peer_addr();
             cx.trace = Some(ReqTrace::start(
                 tracing,
                 req,
@@ -147,7 +147,7 @@ impl Inbound {
         let mut conn = match exchanged {
             Ok(conn) => conn,
             Err(Failed::Client) => {
-                s.set_server_keepalive(None);
+                s.set_keep_alive(false);
                 return;
             }
             Err(f) => {
@@ -169,16 +169,14 @@ impl Inbound {
                 return self.answer(s, cx, reason, &detail).await;
             }
         };
-        let up = conn.client.response().expect("a response header was read");
-        let resp = h::downstream_response(up, &[]);
-        let forwarded = forward::response(s, &mut conn.client, resp, timeout).await;
+        let forwarded = forward::response(s, &mut conn.client, &[], timeout).await;
         if forwarded == Forwarded::Complete {
             self.upstreams.put(self.app, conn.client);
         }
     }
 
-    fn done(&self, s: &HttpSession, cx: &mut Ctx) {
-        let status = s.response_written().map(|r| r.status.as_u16());
+    fn done(&self, s: &Server, cx: &mut Ctx) {
+        let status = s.response_status();
         let elapsed = cx.started.elapsed();
         self.metrics.request(status, elapsed.as_secs_f64());
         if let Some(reason) = cx.answered {

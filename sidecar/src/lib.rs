@@ -10,8 +10,11 @@
 //! - `state`: the shared mesh state: the active routing table compiled for serving, one route
 //!   per service with its policy state (swapped atomically as a whole), and the status of the
 //!   table source; it imports nothing above it;
-//! - `conn`: the request loop of one client connection (pingora-core's HTTP/1 session), shared
-//!   by both listeners; upgrades are handed to `tunnel` (pingora-proxy);
+//! - `conn`: the request loop of one client connection, shared by both listeners; upgrades are
+//!   handed to `tunnel` (pingora-proxy);
+//! - `h1`: HTTP/1.1 on the wire, both sides of an exchange (`server`: the client's request and
+//!   its response; `client`: the try's request to an upstream and its response), over
+//!   pingora-core's streams, connectors and listeners;
 //! - `outbound` (`attempt`, `hedge`) / `inbound`: what each listener does with a request: the
 //!   attempt loop with its policies, and the inbound hop to the local app;
 //! - `forward`: request bodies up and responses down, streamed;

@@ -6,8 +6,8 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use crate::h1::server::{Out, Server};
 use bytes::Bytes;
-use pingora_core::protocols::http::v1::server::HttpSession;
 use pingora_error::ErrorType;
 use pingora_http::ResponseHeader;
 
@@ -103,7 +103,7 @@ pub use mesh_proto::headers::attempts_value;
 /// every request's future larger, answered or not (measured on the old path: ~17k
 /// instructions of memcpy per request).
 pub fn answer<'a>(
-    s: &'a mut HttpSession,
+    s: &'a mut Server,
     reason: Reason,
     hop: &'a str,
     service: &'a str,
@@ -112,10 +112,24 @@ pub fn answer<'a>(
 ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
     Box::pin(async move {
         let (header, body) = response(reason, hop, service, detail, attempts);
+        let head = s
+            .req_header_if_read()
+            .is_some_and(|r| r.method == http::Method::HEAD);
+        let out = if head {
+            Out::Empty
+        } else {
+            Out::Length(body.len() as u64)
+        };
+        let reason_phrase = header.status.canonical_reason().unwrap_or("");
+        s.begin_response(header.status.as_u16(), reason_phrase.as_bytes(), out, |o| {
+            for (name, value) in &header.headers {
+                crate::h1::server::put_field(o, name.as_str().as_bytes(), value.as_bytes());
+            }
+            false
+        });
         let res = async {
-            s.write_response_header(Box::new(header)).await?;
             s.write_body(&body).await?;
-            s.finish_body().await
+            s.finish().await
         }
         .await;
         if let Err(e) = res {

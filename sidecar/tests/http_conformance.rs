@@ -1088,14 +1088,10 @@ fn streamed_responses_reach_the_client_as_they_are_produced() {
     }
 }
 
-/// Pingora 0.9.1 buffers a Content-Length body (and its header) in the downstream connection's
-/// 1460-byte write buffer and flushes only when the buffer fills or the body ends
-/// (pingora-core `protocols/http/v1/body.rs`, `do_write_body`: "we only allow buffering when
-/// the body size is known ahead"). A phase cannot flush; the listener's
-/// `L4BufferSettings::write(0)` (set where the listeners are added) would, at one more write
-/// syscall per response.
+/// A small Content-Length body that arrives slowly reaches the client as it arrives: the
+/// header and each piece are written at once, never held back until a buffer fills or the body
+/// ends (Pingora 0.9.1's server session held them in its 1460-byte write buffer).
 #[test]
-#[ignore = "Pingora 0.9.1 holds small Content-Length bodies until 1460 bytes or the end"]
 fn small_slow_content_length_bodies_stream() {
     let (h, _logs) = harness();
     // 5 bytes over 2 s: the first at once, one every 400 ms.
@@ -1498,6 +1494,29 @@ fn absolute_form_with_a_different_host_is_rejected_by_pingora() {
         r.headers,
         r.text()
     );
+}
+
+/// A request line with a space inside its target is malformed (RFC 9112 3): refused with the
+/// sidecar's own 400, naming the reason, never repaired into another target and forwarded
+/// (Pingora 0.9.1's server session rewrote `/m 4` to `/m%204`). The connection closes after it.
+#[test]
+fn a_malformed_request_line_is_refused_not_repaired() {
+    let (h, _logs) = harness();
+    for t in h.raw() {
+        let mut c = Conn::open(t);
+        c.send(format!("GET /m 4 HTTP/1.1\r\nHost: {}\r\n\r\n", t.host).as_bytes());
+        let r = c.response("GET");
+        assert_eq!(r.status, 400, "{}: {}", t.label, r.text());
+        assert_eq!(r.header("x-mesh-error"), Some("bad-request"), "{}", t.label);
+        assert!(r.header("proxy-status").is_some(), "{}", t.label);
+        assert!(
+            r.text().contains("malformed request"),
+            "{}: {}",
+            t.label,
+            r.text()
+        );
+        c.assert_closed(Duration::from_secs(2), "after a malformed request");
+    }
 }
 
 #[test]

@@ -183,6 +183,13 @@ impl Client {
         self.response.as_ref().map_or(0, |r| r.status)
     }
 
+    /// Whether [`Client::read_body`] can answer without reading from the connection.
+    pub fn body_ready(&self) -> bool {
+        // A step on a copy of the reader: bytes of framing alone are not a piece.
+        let mut reader = self.reader;
+        self.eof || !matches!(reader.step(&self.buf[self.handed..]), Ok(Step::More { .. }))
+    }
+
     /// The next piece of the response body, `None` at its end; each read waits up to `idle`.
     pub async fn read_body(&mut self, idle: Duration) -> Result<Option<&[u8]>, Error> {
         self.buf.advance(std::mem::take(&mut self.handed));

@@ -34,6 +34,8 @@ pub struct Framing {
     pub content_length: Option<u64>,
     /// `Connection: close` (`Some(false)`) or `keep-alive` (`Some(true)`).
     pub keep_alive: Option<bool>,
+    /// An `Upgrade` field was sent.
+    pub upgrade: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -154,13 +156,15 @@ impl Response {
 
 /// The `Content-Length` values of a message, which must all agree (RFC 9110 8.6).
 #[derive(Default)]
-struct Lengths {
+pub(super) struct Lengths {
     value: Option<u64>,
     bad: bool,
+    pub(super) seen: bool,
 }
 
 impl Lengths {
-    fn add(&mut self, v: &[u8]) {
+    pub(super) fn add(&mut self, v: &[u8]) {
+        self.seen = true;
         for token in v.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
             match parse_length(token) {
                 Some(n) if self.value.is_none_or(|v| v == n) => self.value = Some(n),
@@ -169,7 +173,7 @@ impl Lengths {
         }
     }
 
-    fn value(self) -> Result<Option<u64>, Malformed> {
+    pub(super) fn value(self) -> Result<Option<u64>, Malformed> {
         if self.bad {
             Err(Malformed::ContentLength)
         } else {
@@ -187,7 +191,7 @@ fn parse_length(t: &[u8]) -> Option<u64> {
 }
 
 impl Framing {
-    fn note(&mut self, name: &[u8], value: &[u8], lengths: &mut Lengths) {
+    pub(super) fn note(&mut self, name: &[u8], value: &[u8], lengths: &mut Lengths) {
         // Told apart by length first: most fields are none of these.
         match name.len() {
             14 if name.eq_ignore_ascii_case(b"content-length") => lengths.add(value),
@@ -209,6 +213,7 @@ impl Framing {
                     }
                 }
             }
+            7 if name.eq_ignore_ascii_case(b"upgrade") => self.upgrade = true,
             _ => {}
         }
     }

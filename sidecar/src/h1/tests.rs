@@ -377,3 +377,163 @@ async fn a_silent_body_times_out() {
         Err(Error::BodyTimeout(_))
     ));
 }
+
+use super::server::{Out, ReadError, Server};
+
+/// A server side of a real loopback connection that has been sent `wire`, and the client end.
+async fn served(wire: &[u8]) -> (Server, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
+    let mut client = c.unwrap();
+    client.write_all(wire).await.unwrap();
+    let stream: pingora_core::protocols::l4::stream::Stream = s.unwrap().0.into();
+    (Server::new(Box::new(stream), BytesMut::new()), client)
+}
+
+async fn read_one(wire: &[u8]) -> (Result<bool, ReadError>, Server, TcpStream) {
+    let (mut s, c) = served(wire).await;
+    let r = s.read_request(true).await;
+    (r, s, c)
+}
+
+#[tokio::test]
+async fn a_request_header_is_read_with_its_fields_and_keep_alive() {
+    let (r, s, _c) =
+        read_one(b"GET /a?b=1 HTTP/1.1\r\nHost: svc\r\nX-Dup: 1\r\nx-dup: 2\r\n\r\n").await;
+    assert!(r.unwrap());
+    let req = s.req_header();
+    assert_eq!(req.method, http::Method::GET);
+    assert_eq!(req.raw_path(), b"/a?b=1");
+    assert_eq!(req.headers["host"], "svc");
+    assert_eq!(req.headers.get_all("x-dup").iter().count(), 2);
+    assert!(s.will_keep_alive() && s.body_done() && !s.is_upgrade_req());
+
+    for (wire, keep) in [
+        (b"GET / HTTP/1.0\r\n\r\n".as_slice(), false),
+        (b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", true),
+        (b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", false),
+    ] {
+        let (r, s, _c) = read_one(wire).await;
+        assert!(r.unwrap());
+        assert_eq!(s.will_keep_alive(), keep, "{}", wire.escape_ascii());
+    }
+    let (r, s, _c) =
+        read_one(b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nrest")
+            .await;
+    assert!(r.unwrap() && s.is_upgrade_req());
+    let (_, bytes) = s.into_hand_over();
+    assert!(bytes.starts_with(b"GET /ws HTTP/1.1\r\n") && bytes.ends_with(b"\r\n\r\nrest"));
+}
+
+#[tokio::test]
+async fn ambiguous_or_malformed_requests_are_refused() {
+    for wire in [
+        "GET /m 4 HTTP/1.1\r\nHost: a\r\n\r\n",
+        "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+        "POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+        "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        "GET http://a/ HTTP/1.1\r\nHost: b\r\n\r\n",
+        "GET / HTTP/1.1\r\nBad Name: 1\r\n\r\n",
+    ] {
+        let (r, _, _c) = read_one(wire.as_bytes()).await;
+        assert!(matches!(r, Err(ReadError::Malformed(_))), "{wire:?}: {r:?}");
+    }
+    // Both framings: the length goes, and the connection closes after the response.
+    let (r, s, _c) = read_one(
+        b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(r.unwrap());
+    assert!(!s.req_header().headers.contains_key("content-length"));
+    assert!(!s.will_keep_alive());
+    // Closed before any byte, and in the middle of a header.
+    let (mut s, c) = served(b"").await;
+    drop(c);
+    assert!(!s.read_request(true).await.unwrap());
+    let (mut s, c) = served(b"GET / HT").await;
+    drop(c);
+    assert!(matches!(s.read_request(true).await, Err(ReadError::Closed)));
+}
+
+#[tokio::test]
+async fn a_body_is_read_and_the_next_request_is_handed_back() {
+    let (r, mut s, _c) = read_one(
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /next HTTP/1.1\r\n\r\n",
+    )
+    .await;
+    assert!(r.unwrap());
+    let mut body = Vec::new();
+    while let Some(piece) = s.read_body().await.unwrap() {
+        body.extend_from_slice(piece);
+    }
+    assert_eq!(body, b"abc");
+    s.begin_response(204, b"No Content", Out::Empty, |_| false);
+    s.finish().await.unwrap();
+    let (_, more) = s.into_next().expect("kept alive");
+    assert_eq!(&more.unwrap()[..], b"GET /next HTTP/1.1\r\n\r\n");
+}
+
+/// What the client end reads until the server side is dropped.
+async fn received(mut c: TcpStream) -> String {
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).await.unwrap();
+    String::from_utf8(got).unwrap()
+}
+
+#[tokio::test]
+async fn a_response_goes_out_with_its_first_body_bytes_framed_as_asked() {
+    let (r, mut s, mut c) = read_one(b"GET / HTTP/1.1\r\n\r\n").await;
+    assert!(r.unwrap());
+    s.begin_response(200, b"OK", Out::Chunked, |o| {
+        super::server::put_field(o, b"transfer-encoding", b"chunked");
+        true
+    });
+    s.write_body(b"hello").await.unwrap();
+    // The header and the first piece, in one segment.
+    let mut buf = [0u8; 4096];
+    let n = c.read(&mut buf).await.unwrap();
+    let first = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert_eq!(
+        first,
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: keep-alive\r\n\r\n5\r\nhello\r\n"
+    );
+    s.write_body(b"").await.unwrap();
+    s.finish().await.unwrap();
+    assert!(s.into_next().is_some());
+    assert_eq!(received(c).await, "0\r\n\r\n");
+
+    // HEAD: the length is said, no body is sent.
+    let (r, mut s, c) = read_one(b"HEAD / HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+    assert!(r.unwrap());
+    s.begin_response(200, b"OK", Out::Empty, |o| {
+        super::server::put_field(o, b"content-length", b"5");
+        false
+    });
+    s.write_body(b"hello").await.unwrap();
+    s.finish().await.unwrap();
+    assert!(s.into_next().is_none(), "the client asked to close");
+    let got = received(c).await;
+    assert!(
+        got.starts_with("HTTP/1.1 200 OK\r\ncontent-length: 5\r\ndate: "),
+        "{got}"
+    );
+    assert!(got.ends_with("\r\nconnection: close\r\n\r\n"), "{got}");
+}
+
+#[tokio::test]
+async fn an_answer_before_the_body_was_read_closes_the_connection() {
+    let (r, mut s, c) = read_one(b"POST / HTTP/1.1\r\nContent-Length: 100\r\n\r\npart").await;
+    assert!(r.unwrap());
+    s.begin_response(503, b"Service Unavailable", Out::Length(2), |o| {
+        super::server::put_field(o, b"content-length", b"2");
+        true
+    });
+    s.write_body(b"no").await.unwrap();
+    s.finish().await.unwrap();
+    assert!(s.into_next().is_none());
+    let got = received(c).await;
+    assert!(got.contains("\r\nconnection: close\r\n\r\nno"), "{got}");
+}

@@ -20,13 +20,13 @@ use crate::http::TryFields;
 use crate::endpoints::balancer::Chosen;
 use crate::endpoints::balancer::InFlightGuard;
 use crate::forward::{BodyError, ReqBody};
+use crate::h1::server::Server;
 use crate::reason::Reason;
 use crate::state::ServiceRoute;
 use crate::telemetry::metrics;
 use crate::telemetry::trace::{self, ReqTrace};
 use crate::upstream::{Conn, ConnectError, Upstreams};
 use mesh_policy::retry::Outcome;
-use pingora_core::protocols::http::v1::server::HttpSession;
 
 /// How a try ended: classified once, read by everyone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,7 +210,7 @@ impl Drop for Try {
 /// Where a try's request comes from: the client's session (the request has a body to read
 /// from it) or a prepared header (hedged tries, which have no body).
 pub enum Source<'a> {
-    Client(&'a mut HttpSession),
+    Client(&'a mut Server),
     Header(&'a RequestHeader),
 }
 
@@ -222,7 +222,7 @@ impl Source<'_> {
         }
     }
 
-    fn client(&mut self) -> Option<&mut HttpSession> {
+    fn client(&mut self) -> Option<&mut Server> {
         match self {
             Source::Client(s) => Some(&mut **s),
             Source::Header(_) => None,
@@ -341,7 +341,7 @@ async fn exchange(
 /// header; on failure, says whether any of the request had been written.
 async fn send(
     up: &mut Client,
-    down: Option<&mut HttpSession>,
+    down: Option<&mut Server>,
     body: &mut ReqBody,
 ) -> Result<(), (Failed, bool)> {
     const RESET: Failed = Failed::Try(Ended::Reset);

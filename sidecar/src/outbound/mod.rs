@@ -20,8 +20,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pingora_core::protocols::http::v1::server::HttpSession;
-use pingora_http::ResponseHeader;
+use crate::h1::server::Server;
 use rand::Rng;
 
 use crate::conn::Handler;
@@ -74,7 +73,7 @@ struct Ctx {
 }
 
 impl Handler for Outbound {
-    async fn serve(&self, s: &mut HttpSession) {
+    async fn serve(&self, s: &mut Server) {
         let mut cx = Ctx {
             started: Instant::now(),
             route: None,
@@ -120,7 +119,7 @@ impl Outbound {
         }
     }
 
-    async fn answer(&self, s: &mut HttpSession, cx: &mut Ctx, reason: Reason, detail: &str) {
+    async fn answer(&self, s: &mut Server, cx: &mut Ctx, reason: Reason, detail: &str) {
         cx.answered = Some(reason);
         reason::answer(
             s,
@@ -133,7 +132,7 @@ impl Outbound {
         .await;
     }
 
-    async fn proxy(&self, s: &mut HttpSession, cx: &mut Ctx) {
+    async fn proxy(&self, s: &mut Server, cx: &mut Ctx) {
         if let Some(tracing) = &self.tracing {
             let req = s.req_header();
             cx.trace = Some(ReqTrace::start(
@@ -218,7 +217,7 @@ impl Outbound {
     /// The attempt loop.
     async fn tries(
         &self,
-        s: &mut HttpSession,
+        s: &mut Server,
         cx: &mut Ctx,
         route: &Arc<ServiceRoute>,
         body: &mut ReqBody,
@@ -317,7 +316,7 @@ impl Outbound {
                 Err(Failed::Client) => {
                     // The client left or sent a broken body: nobody to answer.
                     t.end_span(None, Some("client-gone".into()));
-                    s.set_server_keepalive(None);
+                    s.set_keep_alive(false);
                     return;
                 }
                 Err(Failed::Try(ended)) => (ended, None),
@@ -372,9 +371,9 @@ impl Outbound {
             };
             let status = conn.client.status();
             t.end_span(Some(status), None);
-            let resp = self.response_header(&conn.client, cx.attempts, t.upstream_header(), false);
+            let (fields, n) = Self::mesh_fields(cx.attempts, t.upstream_header(), false);
             let idle = policy.timeouts.per_try().unwrap_or(remaining);
-            let forwarded = forward::response(s, &mut conn.client, resp, idle).await;
+            let forwarded = forward::response(s, &mut conn.client, &fields[..n], idle).await;
             if forwarded == Forwarded::Complete {
                 self.upstreams.put(addr, conn.client);
             }
@@ -383,25 +382,20 @@ impl Outbound {
         }
     }
 
-    /// The upstream's response header as the client gets it.
-    fn response_header(
-        &self,
-        up: &crate::h1::client::Client,
+    /// The mesh's own fields on a forwarded response: which try answered and where (cached
+    /// header values, static names, no formatting or parsing per response), and whether it
+    /// was a hedge. The first `n` of the array.
+    fn mesh_fields(
         attempts: u32,
         upstream: http::HeaderValue,
         hedged: bool,
-    ) -> ResponseHeader {
-        let up = up.response().expect("a response header was read");
-        // Which try answered and where: cached header values, static names, no formatting or
-        // parsing per response.
-        let attempts = (h::X_MESH_ATTEMPTS, reason::attempts_value(attempts));
-        let upstream = (h::X_MESH_UPSTREAM, upstream);
-        if hedged {
-            let hedged = (h::X_MESH_HEDGED, http::HeaderValue::from_static("1"));
-            h::downstream_response(up, &[attempts, upstream, hedged])
-        } else {
-            h::downstream_response(up, &[attempts, upstream])
-        }
+    ) -> ([(http::HeaderName, http::HeaderValue); 3], usize) {
+        let fields = [
+            (h::X_MESH_ATTEMPTS, reason::attempts_value(attempts)),
+            (h::X_MESH_UPSTREAM, upstream),
+            (h::X_MESH_HEDGED, http::HeaderValue::from_static("1")),
+        ];
+        (fields, if hedged { 3 } else { 2 })
     }
 
     /// Asks the retry policy whether a failed try may be retried, counting the retry or the
@@ -445,7 +439,7 @@ impl Outbound {
     /// Hedged requests (see [`hedge`]).
     async fn hedged(
         &self,
-        s: &mut HttpSession,
+        s: &mut Server,
         cx: &mut Ctx,
         route: &Arc<ServiceRoute>,
         deadline: Instant,
@@ -468,18 +462,14 @@ impl Outbound {
                 cx.attempts = w.attempts;
                 cx.endpoint = Some(w.winner.addr());
                 let mut conn = w.conn;
-                let resp = self.response_header(
-                    &conn.client,
-                    w.attempts,
-                    w.winner.upstream_header(),
-                    w.attempts > 1,
-                );
+                let (fields, n) =
+                    Self::mesh_fields(w.attempts, w.winner.upstream_header(), w.attempts > 1);
                 let idle = route
                     .policy
                     .timeouts
                     .per_try()
                     .unwrap_or(deadline.saturating_duration_since(Instant::now()));
-                let forwarded = forward::response(s, &mut conn.client, resp, idle).await;
+                let forwarded = forward::response(s, &mut conn.client, &fields[..n], idle).await;
                 if forwarded == Forwarded::Complete {
                     self.upstreams.put(w.winner.addr(), conn.client);
                 }
@@ -492,8 +482,8 @@ impl Outbound {
     }
 
     /// The request is over: its metrics, span and access-log line.
-    fn done(&self, s: &HttpSession, cx: &mut Ctx) {
-        let status = s.response_written().map(|r| r.status.as_u16());
+    fn done(&self, s: &Server, cx: &mut Ctx) {
+        let status = s.response_status();
         let m = cx.route.as_ref().map_or(&self.unrouted, |r| &r.metrics);
         let elapsed = cx.started.elapsed();
         m.request(status, elapsed.as_secs_f64());

@@ -1,0 +1,443 @@
+//! One request on a client connection: its header read and checked, its body read, and the
+//! response written.
+//!
+//! The request header is parsed once (httparse) into pingora-http's `RequestHeader` without a
+//! case map, its values sharing one copy of the header's bytes; its framing and connection
+//! fields are found in the same pass. A response header is put in an output buffer and goes
+//! out with the first body bytes; each body piece is written as it comes (a slow body is never
+//! held back for more). Bytes read past the request are the start of the next one (pipelining),
+//! handed back with the connection.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{HeaderName, HeaderValue};
+use pingora_core::protocols::Stream;
+use pingora_http::RequestHeader;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::body::{Reader, Step};
+use super::response::{Framing, Lengths, MAX_FIELDS};
+
+/// The longest request header (bytes), as pingora-core's own limit.
+pub const MAX_HEAD: usize = 1024 * 1024;
+/// A body piece up to this size is copied behind what is waiting in the output buffer and sent
+/// with it; a larger one goes out in a write of its own.
+const COALESCE: usize = 16 * 1024;
+/// The room a read of the request is given.
+const READ: usize = 4096;
+
+/// How a response's body is framed on the client connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Out {
+    /// No body (HEAD, 1xx, 204, 304): anything written is dropped.
+    Empty,
+    /// This many bytes (`Content-Length`).
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
+    /// Until the connection closes (an HTTP/1.0 client, length unknown).
+    Close,
+}
+
+/// Why no request could be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("the client closed the connection in the request header")]
+    Closed,
+    #[error("reading the request: {0}")]
+    Io(#[from] io::Error),
+    /// Answered with 400.
+    #[error("{0}")]
+    Malformed(String),
+}
+
+/// Why a request body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the client closed the connection in the request body")]
+    Closed,
+    #[error("reading the request body: {0}")]
+    Io(#[from] io::Error),
+    #[error("malformed request body: {0}")]
+    Malformed(#[from] super::body::Malformed),
+}
+
+/// A request being served on a client connection.
+pub struct Server {
+    stream: Stream,
+    /// Bytes read and not consumed: the request header until it is parsed, then its body, then
+    /// whatever the client sent after it.
+    buf: BytesMut,
+    /// Bytes at the start of `buf` handed out by the last [`Server::read_body`].
+    handed: usize,
+    req: Option<RequestHeader>,
+    /// The request header's bytes, as they came (for a hand-over to the tunnel).
+    head: Bytes,
+    framing: Framing,
+    reader: Reader,
+    keep_alive: bool,
+    /// The response: waiting output, how its body is framed, its status once begun.
+    out: BytesMut,
+    writer: Out,
+    left: u64,
+    status: Option<u16>,
+    finished: bool,
+}
+
+impl Server {
+    /// A request to be read from `stream`, whose first bytes are `first`.
+    pub fn new(stream: Stream, first: BytesMut) -> Server {
+        Server {
+            stream,
+            buf: first,
+            handed: 0,
+            req: None,
+            head: Bytes::new(),
+            framing: Framing::default(),
+            reader: Reader::Done,
+            keep_alive: false,
+            out: BytesMut::new(),
+            writer: Out::Empty,
+            left: 0,
+            status: None,
+            finished: false,
+        }
+    }
+
+    /// Reads and checks the request header. `Ok(false)`: the client closed the connection
+    /// before sending anything. `keep_alive`: the connection may serve another request after
+    /// this one (not while the listener shuts down).
+    pub async fn read_request(&mut self, keep_alive: bool) -> Result<bool, ReadError> {
+        loop {
+            if !self.buf.is_empty() {
+                if let Some(len) = self.parse(keep_alive)? {
+                    self.buf.advance(len);
+                    return Ok(true);
+                }
+                if self.buf.len() > MAX_HEAD {
+                    return Err(ReadError::Malformed(format!(
+                        "request header larger than {MAX_HEAD} bytes"
+                    )));
+                }
+            }
+            self.buf.reserve(READ);
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(false)
+                } else {
+                    Err(ReadError::Closed)
+                };
+            }
+        }
+    }
+
+    /// Parses the request header at the start of the buffer; its length when complete.
+    fn parse(&mut self, keep_alive: bool) -> Result<Option<usize>, ReadError> {
+        let bad = |what: String| ReadError::Malformed(what);
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+        let mut r = httparse::Request::new(&mut []);
+        let buf = &self.buf[..];
+        let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+            &mut r,
+            buf,
+            &mut fields,
+        ) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(bad(format!("more than {MAX_FIELDS} header fields")))
+            }
+            Err(e) => return Err(bad(format!("malformed request header: {e}"))),
+        };
+        let head = Bytes::copy_from_slice(&buf[..len]);
+        let base = buf.as_ptr() as usize;
+        let mut framing = Framing::default();
+        let mut lengths = Lengths::default();
+        let mut headers = http::HeaderMap::with_capacity(r.headers.len());
+        for f in r.headers.iter() {
+            framing.note(f.name.as_bytes(), f.value, &mut lengths);
+            let name = HeaderName::from_bytes(f.name.as_bytes())
+                .map_err(|_| bad(format!("invalid field name {:?}", f.name)))?;
+            let start = f.value.as_ptr() as usize - base;
+            let value = HeaderValue::from_maybe_shared(head.slice(start..start + f.value.len()))
+                .map_err(|_| bad(format!("invalid value of field {:?}", f.name)))?;
+            headers.append(name, value);
+        }
+        let http10 = r.version == Some(0);
+        let mut parts = http::Request::new(()).into_parts().0;
+        parts.method = http::Method::from_bytes(r.method.unwrap_or("").as_bytes())
+            .map_err(|_| bad("invalid method".into()))?;
+        parts.version = if http10 {
+            http::Version::HTTP_10
+        } else {
+            http::Version::HTTP_11
+        };
+        // RFC 9112 6.3: a Transfer-Encoding overrides a Content-Length, and a message with
+        // both may be an attempt at smuggling: the length goes, and so does the connection.
+        let both = framing.transfer_encoding && lengths.present();
+        if both {
+            headers.remove(http::header::CONTENT_LENGTH);
+        }
+        parts.headers = headers;
+        let mut req = RequestHeader::from(parts);
+        let target = r.path.unwrap_or("").as_bytes();
+        req.set_raw_path(target)
+            .map_err(|_| bad("invalid request target".into()))?;
+        pingora_core::protocols::http::authority::validate_request_authority(&req)
+            .map_err(|e| bad(e.reason_str().to_string()))?;
+        if framing.transfer_encoding {
+            if http10 {
+                return Err(bad(
+                    "HTTP/1.0 requests cannot include Transfer-Encoding".into()
+                ));
+            }
+            if !framing.chunked {
+                return Err(bad("non-chunked final Transfer-Encoding".into()));
+            }
+            self.reader = Reader::chunked();
+        } else {
+            framing.content_length = lengths
+                .value()
+                .map_err(|_| bad("invalid or conflicting Content-Length".into()))?;
+            self.reader = Reader::length(framing.content_length.unwrap_or(0));
+        }
+        self.keep_alive = keep_alive
+            && !both
+            && match framing.keep_alive {
+                Some(k) => k,
+                None => !http10,
+            };
+        self.framing = framing;
+        self.head = head;
+        self.req = Some(req);
+        Ok(Some(len))
+    }
+
+    pub fn req_header(&self) -> &RequestHeader {
+        self.req.as_ref().expect("the request header was read")
+    }
+
+    /// The request header, when one was read (not for a malformed request).
+    pub fn req_header_if_read(&self) -> Option<&RequestHeader> {
+        self.req.as_ref()
+    }
+
+    pub fn req_header_mut(&mut self) -> &mut RequestHeader {
+        self.req.as_mut().expect("the request header was read")
+    }
+
+    /// An HTTP/1.1 request with an `Upgrade` field.
+    pub fn is_upgrade_req(&self) -> bool {
+        self.framing.upgrade && self.req_header().version == http::Version::HTTP_11
+    }
+
+    /// The client's address.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        let digest = self.stream.get_socket_digest()?;
+        digest.peer_addr()?.as_inet().copied()
+    }
+
+    /// The connection, with the request's bytes as they came and everything read after them,
+    /// for another server to read the request again.
+    pub fn into_hand_over(mut self) -> (Stream, BytesMut) {
+        let mut bytes = BytesMut::with_capacity(self.head.len() + self.buf.len());
+        bytes.extend_from_slice(&self.head);
+        self.buf.advance(self.handed);
+        bytes.extend_from_slice(&self.buf);
+        (self.stream, bytes)
+    }
+
+    /// Whether the connection will serve another request after this response.
+    pub fn will_keep_alive(&self) -> bool {
+        self.keep_alive
+    }
+
+    /// Closes the connection after this response.
+    pub fn set_keep_alive(&mut self, on: bool) {
+        self.keep_alive &= on;
+    }
+
+    /// The next piece of the request body, `None` at its end.
+    pub async fn read_body(&mut self) -> Result<Option<&[u8]>, BodyError> {
+        self.buf.advance(std::mem::take(&mut self.handed));
+        loop {
+            match self.reader.step(&self.buf)? {
+                Step::Data { skip, len } => {
+                    self.handed = skip + len;
+                    return Ok(Some(&self.buf[skip..skip + len]));
+                }
+                Step::End { consume } => {
+                    self.buf.advance(consume);
+                    return Ok(None);
+                }
+                Step::More { consume } => {
+                    self.buf.advance(consume);
+                    self.buf.reserve(READ);
+                    if self.stream.read_buf(&mut self.buf).await? == 0 {
+                        return Err(BodyError::Closed);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the whole request body has been read.
+    pub fn body_done(&self) -> bool {
+        self.reader.is_done()
+    }
+
+    /// Answers `Expect: 100-continue`.
+    pub async fn write_continue(&mut self) -> io::Result<()> {
+        self.stream
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await?;
+        self.stream.flush().await
+    }
+
+    /// Starts the response: `fields` puts its header fields (framing fields included) in the
+    /// output buffer, after the status line, and says whether they hold a `Date`; `Date` (when
+    /// they do not) and `Connection` are the connection's own. The header goes out with the first body bytes, or at
+    /// [`Server::finish`].
+    pub fn begin_response(
+        &mut self,
+        status: u16,
+        reason: &[u8],
+        body: Out,
+        fields: impl FnOnce(&mut BytesMut) -> bool,
+    ) {
+        if !self.reader.is_done() || body == Out::Close || self.req.is_none() {
+            // Answered before the request body was read (or the request was not even read):
+            // what the client sends next cannot be told apart from a new request.
+            self.keep_alive = false;
+        }
+        let out = &mut self.out;
+        out.reserve(512);
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(&itoa3(status));
+        out.extend_from_slice(b" ");
+        out.extend_from_slice(reason);
+        out.extend_from_slice(b"\r\n");
+        if !fields(out) {
+            let date = pingora_core::protocols::http::date::get_cached_date();
+            put_field(out, b"date", date.as_bytes());
+        }
+        let connection: &[u8] = if self.keep_alive {
+            b"keep-alive"
+        } else {
+            b"close"
+        };
+        put_field(out, b"connection", connection);
+        out.extend_from_slice(b"\r\n");
+        self.writer = body;
+        self.left = match body {
+            Out::Length(n) => n,
+            _ => 0,
+        };
+        self.status = Some(status);
+    }
+
+    /// The status of the response begun, if any.
+    pub fn response_status(&self) -> Option<u16> {
+        self.status
+    }
+
+    /// Writes a piece of the response body (with the header, when it has not gone yet).
+    pub async fn write_body(&mut self, piece: &[u8]) -> io::Result<()> {
+        let piece = match self.writer {
+            Out::Empty => return Ok(()),
+            Out::Length(_) => {
+                let n = piece.len().min(self.left as usize);
+                self.left -= n as u64;
+                &piece[..n]
+            }
+            Out::Chunked | Out::Close => piece,
+        };
+        if piece.is_empty() {
+            return Ok(());
+        }
+        let chunked = self.writer == Out::Chunked;
+        if chunked {
+            use std::fmt::Write;
+            let _ = write!(self.out, "{:x}\r\n", piece.len());
+        }
+        if piece.len() <= COALESCE {
+            self.out.extend_from_slice(piece);
+            if chunked {
+                self.out.extend_from_slice(b"\r\n");
+            }
+            return self.flush().await;
+        }
+        self.send_out().await?;
+        self.stream.write_all(piece).await?;
+        if chunked {
+            self.out.extend_from_slice(b"\r\n");
+        }
+        self.flush().await
+    }
+
+    /// Sends what is waiting in the output buffer, now.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        self.send_out().await?;
+        self.stream.flush().await
+    }
+
+    async fn send_out(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Ends the response: the last chunk (chunked), and everything sent. A body that ended
+    /// short of its `Content-Length` closes the connection.
+    pub async fn finish(&mut self) -> io::Result<()> {
+        match self.writer {
+            Out::Chunked => self.out.extend_from_slice(b"0\r\n\r\n"),
+            Out::Length(_) if self.left > 0 => self.keep_alive = false,
+            _ => {}
+        }
+        self.flush().await?;
+        self.finished = true;
+        Ok(())
+    }
+
+    /// The connection, when it serves another request, with any bytes of that request read
+    /// already. Else it is closed.
+    pub fn into_next(mut self) -> Option<(Stream, Option<BytesMut>)> {
+        if !(self.keep_alive && self.finished && self.reader.is_done()) {
+            return None;
+        }
+        self.buf.advance(std::mem::take(&mut self.handed));
+        let more = (!self.buf.is_empty()).then_some(self.buf);
+        Some((self.stream, more))
+    }
+}
+
+impl Lengths {
+    /// A `Content-Length` was sent.
+    pub(super) fn present(&self) -> bool {
+        self.seen
+    }
+}
+
+/// A status code's three digits.
+fn itoa3(status: u16) -> [u8; 3] {
+    let s = status.min(999);
+    [
+        b'0' + (s / 100) as u8,
+        b'0' + (s / 10 % 10) as u8,
+        b'0' + (s % 10) as u8,
+    ]
+}
+
+/// Puts `name: value` CRLF in `out`.
+pub fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
