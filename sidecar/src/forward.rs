@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{HeaderName, HeaderValue};
 
 use crate::h1::client::Client;
 use crate::h1::server::{Out, Server};
@@ -49,9 +49,8 @@ impl ReqBody {
         let keep = present && replay_limit.is_some_and(|limit| len.is_some_and(|l| l <= limit));
         let expects_continue = present
             && req
-                .headers
-                .get(header::EXPECT)
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+                .get("expect")
+                .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
         ReqBody {
             present,
             kept: keep.then(Vec::new),
@@ -158,7 +157,7 @@ pub async fn response(
     let resp = up.response().expect("a response header was read");
     let req = down.req_header();
     let bodiless = matches!(resp.status, 100..=199 | 204 | 304) || req.method == http::Method::HEAD;
-    let http10 = req.version != http::Version::HTTP_11;
+    let http10 = req.http10;
     let length = resp
         .framing
         .content_length

@@ -9,9 +9,9 @@
 
 use std::time::Duration;
 
-use http::header::{self, HeaderName, HeaderValue};
+use crate::h1::request::Request;
+use http::header::{HeaderName, HeaderValue};
 use pingora_core::protocols::http::authority::{raw_target_authority, RawTargetAuthority};
-use pingora_http::RequestHeader;
 
 pub use mesh_proto::headers::{
     deadline_value, X_MESH_ATTEMPTS, X_MESH_DEADLINE_MS, X_MESH_ERROR, X_MESH_HEDGED,
@@ -47,30 +47,20 @@ pub fn deadline_header(left: Duration) -> HeaderValue {
 }
 
 /// Parses `x-mesh-deadline-ms`.
-pub fn caller_deadline(req: &RequestHeader) -> Option<Duration> {
-    mesh_proto::headers::parse_deadline(get_custom(&req.headers, &X_MESH_DEADLINE_MS)?.as_bytes())
-}
-
-/// The first value of a field whose name is not one of the standard ones (`traceparent`,
-/// `x-mesh-*`). Looking such a name up hashes its bytes (measured: ~350 instructions for a
-/// miss); a short field map is scanned instead, where a standard name is told apart by its
-/// kind and another by its length before any byte is compared.
-pub fn get_custom<'a>(headers: &'a http::HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
-    const SCAN_UP_TO: usize = 16;
-    if headers.keys_len() > SCAN_UP_TO {
-        return headers.get(name);
-    }
-    headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+pub fn caller_deadline(req: &Request) -> Option<Duration> {
+    mesh_proto::headers::parse_deadline(req.get(X_MESH_DEADLINE_MS.as_str())?)
 }
 
 /// The host part of the request's authority: the absolute-form target's, else the Host header's.
-pub fn authority_host(req: &RequestHeader) -> Option<&str> {
-    let raw: &[u8] = match req.uri.authority() {
-        Some(a) => a.as_str().as_bytes(),
-        None => match raw_target_authority(req.raw_path()).authority() {
-            Some(a) => a,
-            None => req.headers.get(header::HOST)?.as_bytes(),
-        },
+pub fn authority_host(req: &Request) -> Option<&str> {
+    host_of(req.target(), req.get("host"))
+}
+
+/// The host part of the authority of a request with `target` and `host` (its Host header).
+pub fn host_of<'a>(target: &'a [u8], host: Option<&'a [u8]>) -> Option<&'a str> {
+    let raw: &[u8] = match raw_target_authority(target).authority() {
+        Some(a) => a,
+        None => host?,
     };
     let raw = std::str::from_utf8(raw).ok()?;
     let host = if let Some(v6) = raw.strip_prefix('[') {
@@ -82,86 +72,66 @@ pub fn authority_host(req: &RequestHeader) -> Option<&str> {
 }
 
 /// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), if well formed.
-pub fn trace_id(req: &RequestHeader) -> &str {
-    req.headers
-        .get(&TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
+pub fn trace_id(req: &Request) -> &str {
+    req.get(TRACEPARENT.as_str())
+        .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|v| v.split('-').nth(1))
         .filter(|id| id.len() == 32)
         .unwrap_or("")
 }
 
-/// How a request's body is framed, from one lookup of each framing field.
+/// How a request's body is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Framing {
     /// It has a body to forward: a `Transfer-Encoding`, or a `Content-Length` other than 0.
     pub has_body: bool,
-    /// Its `Content-Length`, when it has a valid one and no `Transfer-Encoding`.
+    /// Its `Content-Length`, when it has one and no `Transfer-Encoding`.
     pub length: Option<u64>,
 }
 
-pub fn framing(req: &RequestHeader) -> Framing {
-    let chunked = req.headers.contains_key(header::TRANSFER_ENCODING);
-    let length = req.headers.get(header::CONTENT_LENGTH);
+pub fn framing(req: &Request) -> Framing {
+    let f = &req.framing;
     Framing {
-        has_body: chunked || length.is_some_and(|v| v.as_bytes() != b"0"),
-        length: length
-            .filter(|_| !chunked)
-            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok()?.parse().ok()),
+        has_body: f.transfer_encoding || f.content_length.is_some_and(|n| n > 0),
+        length: f.content_length,
     }
 }
 
 /// Whether the request has a body to forward ([`Framing::has_body`]).
-pub fn has_body(req: &RequestHeader) -> bool {
+pub fn has_body(req: &Request) -> bool {
     framing(req).has_body
 }
 
 /// The request's `Content-Length` ([`Framing::length`]).
-pub fn content_length(req: &RequestHeader) -> Option<u64> {
+pub fn content_length(req: &Request) -> Option<u64> {
     framing(req).length
 }
 
-/// Hop-by-hop request fields, never forwarded (RFC 9110 7.6.1), and the proxy-only ones.
-static REQUEST_HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::UPGRADE,
-    HeaderName::from_static("http2-settings"),
-];
+/// Request fields that stay on this hop: the hop-by-hop ones (RFC 9110 7.6.1), the proxy-only
+/// ones, `Expect` (the sidecar answers `100 Continue` itself), and the framing fields (the
+/// sidecar writes its own, one value).
+fn stays_on_hop(name: &[u8]) -> bool {
+    let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+    match name.len() {
+        2 => is(b"te"),
+        6 => is(b"expect"),
+        7 => is(b"trailer") || is(b"upgrade"),
+        10 => is(b"connection") || is(b"keep-alive"),
+        14 => is(b"content-length") || is(b"http2-settings"),
+        16 => is(b"proxy-connection"),
+        17 => is(b"transfer-encoding"),
+        19 => is(b"proxy-authorization"),
+        _ => false,
+    }
+}
 
 /// Why a request cannot be forwarded as it is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BadRequest {
-    #[error(
-        "the absolute-form target's authority {target:?} differs from the Host header {host:?}"
-    )]
-    HostMismatch { target: String, host: String },
     #[error("the request's authority is not a valid Host value")]
     BadAuthority,
     #[error("the Connection header nominates the protected field {0:?}")]
     ProtectedNomination(String),
-}
-
-/// Checks the request's authority once, when it arrives, before it is routed: an absolute-form
-/// target whose authority differs from a Host header sent with it is refused (RFC 9112 3.2.2
-/// lets a proxy replace Host, but two names for one request is how requests are smuggled past
-/// routing).
-pub fn check_authority(req: &RequestHeader) -> Result<(), BadRequest> {
-    if let RawTargetAuthority::Absolute { authority, .. } = raw_target_authority(req.raw_path()) {
-        if let Some(host) = req.headers.get(header::HOST) {
-            if !host.as_bytes().eq_ignore_ascii_case(authority) {
-                return Err(BadRequest::HostMismatch {
-                    target: String::from_utf8_lossy(authority).into_owned(),
-                    host: String::from_utf8_lossy(host.as_bytes()).into_owned(),
-                });
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Fields a `Connection` header may not nominate away: the request's routing and the
@@ -173,64 +143,57 @@ fn is_protected(t: &[u8]) -> bool {
         || t.eq_ignore_ascii_case(b"x-forwarded-proto")
 }
 
-/// Turns the client's request, in place, into the request an upstream gets: origin-form (an
-/// absolute-form target's authority becomes the Host), no hop-by-hop fields (the standard ones
-/// and those `Connection` nominates), no `Expect` (the sidecar answers `100 Continue` itself),
-/// and chunked framing for a chunked body. Done once per request, after the client
-/// session has read what it needs from those fields (keep-alive, framing); each try then
-/// copies the result and adds its own fields (deadline, trace context). Removes only what is
-/// present: a request without such fields costs one pass over its field names. A
-/// `Connection` header that nominates a protected field ([`is_protected`]) is refused, on both
-/// listeners.
-pub fn prepare_upstream(req: &mut RequestHeader) -> Result<(), BadRequest> {
-    let mut nominated = false;
-    for t in connection_nominations(&req.headers) {
-        if is_protected(t) {
-            return Err(BadRequest::ProtectedNomination(
-                String::from_utf8_lossy(t).into_owned(),
-            ));
-        }
-        nominated |= nominates_field(&req.headers, t);
-    }
-    if nominated {
-        for n in &nominated_names(&req.headers) {
-            req.remove_header(n);
-        }
-    }
-    let strip = req
-        .headers
-        .keys()
-        .any(|k| REQUEST_HOP_BY_HOP.contains(k) || k == header::EXPECT);
-    if strip {
-        for name in REQUEST_HOP_BY_HOP.iter().chain([&header::EXPECT]) {
-            if req.headers.contains_key(name) {
-                req.remove_header(name);
+/// Prepares the client's request for upstreams, once: which fields stay on this hop (the
+/// hop-by-hop ones, the standard ones and those `Connection` nominates, `Expect`, and the
+/// framing fields, which each try writes itself), and, for an absolute-form target, the
+/// origin-form target and the Host it names. A `Connection` header that nominates a protected
+/// field ([`is_protected`]) is refused, on both listeners. Nothing is copied or allocated.
+pub fn prepare_upstream(req: &mut Request) -> Result<(), BadRequest> {
+    let mut any_nominated = false;
+    for v in req.get_all("connection") {
+        for t in v.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+            if is_protected(t) {
+                return Err(BadRequest::ProtectedNomination(
+                    String::from_utf8_lossy(t).into_owned(),
+                ));
             }
+            any_nominated |= !t.is_empty()
+                && !t.eq_ignore_ascii_case(b"close")
+                && !t.eq_ignore_ascii_case(b"keep-alive");
         }
     }
-    if let RawTargetAuthority::Absolute { authority, .. } = raw_target_authority(req.raw_path()) {
+    for i in 0..req.field_count() {
+        let name = req.field_name(i);
+        let nominated = any_nominated
+            && req
+                .get_all("connection")
+                .flat_map(|v| v.split(|b| *b == b','))
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(name));
+        if stays_on_hop(name) || nominated {
+            req.drop_field(i);
+        }
+    }
+    let target = req.target();
+    if let RawTargetAuthority::Absolute {
+        authority,
+        path_and_query,
+        ..
+    } = raw_target_authority(target)
+    {
+        if HeaderValue::from_bytes(authority).is_err() {
+            return Err(BadRequest::BadAuthority);
+        }
         // The authority becomes the Host, unless the client sent it as the Host already
-        // (`check_authority` refused any other Host).
-        let same = req
-            .headers
-            .get(header::HOST)
-            .is_some_and(|h| h.as_bytes() == authority);
-        if !same {
-            let host = HeaderValue::from_bytes(authority).map_err(|_| BadRequest::BadAuthority)?;
-            req.insert_header(header::HOST, host)
-                .map_err(|_| BadRequest::BadAuthority)?;
-        }
-        let origin_form = req.uri.clone();
-        req.set_uri(origin_form);
-    }
-    // A chunked body is forwarded chunked; Transfer-Encoding is ours to frame.
-    if req.headers.contains_key(header::TRANSFER_ENCODING) {
-        if req.headers[header::TRANSFER_ENCODING] != "chunked" {
-            req.insert_header(header::TRANSFER_ENCODING, "chunked")
-                .map_err(|_| BadRequest::BadAuthority)?;
-        }
-        if req.headers.contains_key(header::CONTENT_LENGTH) {
-            req.remove_header(&header::CONTENT_LENGTH);
+        // (a request whose Host differs from its target's authority is refused when read:
+        // two names for one request is how requests are smuggled past routing).
+        let same = req.get("host").is_some_and(|h| h == authority);
+        // Both are parts of the target: kept as where they are in it, no copy.
+        let at = |part: &[u8]| part.as_ptr() as usize - target.as_ptr() as usize;
+        let path = (at(path_and_query), path_and_query.len());
+        let host = (!same).then(|| (at(authority), authority.len()));
+        req.set_upstream_target(path.0, path.1);
+        if let Some((start, len)) = host {
+            req.set_upstream_host(start, len);
         }
     }
     Ok(())
@@ -249,43 +212,56 @@ pub struct TryFields {
 /// the response by it), with the try's own `fields` in place of any the client sent under
 /// their names. Returns how the body is framed.
 ///
-/// Cost: one pass over the prepared fields, each name and value copied into the connection's
-/// buffer as it goes out: no field map is built per try. Names go out in lower case (as
-/// Envoy and hyper send them; HTTP/1.1 names are case-insensitive), and the target as the
-/// client sent it (bytes that are not UTF-8 included).
+/// Cost: one pass over the request's field index, each field's bytes copied as they came into
+/// the connection's buffer: no field map, nothing parsed or allocated. Fields go on in the
+/// client's order and case; the framing field is the sidecar's own (`transfer-encoding:
+/// chunked`, or one `content-length` value), and so are `host` for an absolute-form target and
+/// the try's fields (lower case). The target goes as the client sent it (bytes that are not
+/// UTF-8 included), in origin form.
 pub fn write_upstream_head(
-    prepared: &RequestHeader,
+    req: &Request,
     fields: &TryFields,
     out: &mut bytes::BytesMut,
 ) -> crate::h1::body::Writer {
     use crate::h1::body::Writer;
-    out.extend_from_slice(prepared.method.as_str().as_bytes());
+    out.extend_from_slice(req.method.as_str().as_bytes());
     out.extend_from_slice(b" ");
-    out.extend_from_slice(prepared.raw_path());
+    out.extend_from_slice(req.upstream_target());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &prepared.headers {
-        let replaced = (fields.deadline.is_some() && name == X_MESH_DEADLINE_MS)
-            || (fields.traceparent.is_some() && name == TRACEPARENT);
+    if let Some(host) = req.upstream_host() {
+        put_field(out, b"host", host);
+    }
+    let deadline = mesh_proto::headers::names::DEADLINE_MS.as_bytes();
+    let traceparent = b"traceparent".as_slice();
+    for (name, value) in req.upstream_fields() {
+        let replaced = (fields.deadline.is_some() && name.eq_ignore_ascii_case(deadline))
+            || (fields.traceparent.is_some() && name.eq_ignore_ascii_case(traceparent));
         if !replaced {
-            put_field(out, name.as_str().as_bytes(), value.as_bytes());
+            put_field(out, name, value);
         }
     }
+    let f = framing(req);
+    let body = if req.framing.transfer_encoding {
+        put_field(out, b"transfer-encoding", b"chunked");
+        Writer::Chunked
+    } else if let Some(n) = f.length {
+        put_field(
+            out,
+            b"content-length",
+            itoa::Buffer::new().format(n).as_bytes(),
+        );
+        Writer::Length(n)
+    } else {
+        Writer::Done
+    };
     if let Some(d) = &fields.deadline {
-        put_field(out, X_MESH_DEADLINE_MS.as_str().as_bytes(), d.as_bytes());
+        put_field(out, deadline, d.as_bytes());
     }
     if let Some(tp) = &fields.traceparent {
-        put_field(out, TRACEPARENT.as_str().as_bytes(), tp.as_bytes());
+        put_field(out, traceparent, tp.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
-    let f = framing(prepared);
-    if !f.has_body {
-        Writer::Done
-    } else if prepared.headers.contains_key(header::TRANSFER_ENCODING) {
-        // `prepare_upstream` made it chunked.
-        Writer::Chunked
-    } else {
-        Writer::Length(f.length.unwrap_or(0))
-    }
+    body
 }
 
 fn put_field(out: &mut bytes::BytesMut, name: &[u8], value: &[u8]) {
@@ -399,36 +375,6 @@ fn response_field(name: &[u8]) -> Field {
 
 fn is_framing(t: &str) -> bool {
     t.eq_ignore_ascii_case("content-length") || t.eq_ignore_ascii_case("transfer-encoding")
-}
-
-/// Whether a `Connection` token names a field of `headers` that must go with the hop: not a
-/// framing field, and not one of the options that name no field (`close`, a reserved field
-/// name, and `keep-alive`, whose field goes as hop-by-hop anyway), so the common
-/// `Connection: keep-alive` and `close` cost no lookup.
-fn nominates_field(headers: &http::HeaderMap, t: &[u8]) -> bool {
-    if t.eq_ignore_ascii_case(b"close") || t.eq_ignore_ascii_case(b"keep-alive") {
-        return false;
-    }
-    std::str::from_utf8(t).is_ok_and(|t| !is_framing(t) && headers.contains_key(t))
-}
-
-/// The names of the fields a message's `Connection` header nominates, framing fields left out:
-/// what a proxy removes with the hop (allocates; called only when one of them was sent).
-fn nominated_names(headers: &http::HeaderMap) -> Vec<HeaderName> {
-    connection_nominations(headers)
-        .filter(|t| !is_framing(std::str::from_utf8(t).unwrap_or("")))
-        .filter_map(|t| HeaderName::from_bytes(t).ok())
-        .collect()
-}
-
-/// The field names a message's `Connection` header nominates.
-fn connection_nominations(headers: &http::HeaderMap) -> impl Iterator<Item = &[u8]> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
 }
 
 #[cfg(test)]

@@ -76,7 +76,13 @@ impl ProxyHttp for Tunnel {
             return Ok(false);
         }
         let req = session.req_header();
-        let refused = match (self.mesh.routes(), h::authority_host(req)) {
+        let refused = match (
+            self.mesh.routes(),
+            h::host_of(
+                req.raw_path(),
+                req.headers.get(http::header::HOST).map(|v| v.as_bytes()),
+            ),
+        ) {
             (None, _) => Some((Reason::NoTable, "no routing table loaded yet".to_owned())),
             (_, None) => Some((
                 Reason::BadRequest,

@@ -348,7 +348,9 @@ fn a_pooled_connection_the_endpoint_closed_is_replaced_without_a_failure() {
 fn big_field_upstream() -> SocketAddr {
     let (addr, _) = answering_upstream(None, |head| {
         head.lines()
-            .find_map(|l| l.strip_prefix("x-big: ").map(str::len))
+            .filter_map(|l| l.split_once(": "))
+            .find(|(n, _)| n.eq_ignore_ascii_case("x-big"))
+            .map(|(_, v)| v.len())
             .unwrap_or(0)
             .to_string()
     });

@@ -1,25 +1,21 @@
 //! One request on a client connection: its header read and checked, its body read, and the
 //! response written.
 //!
-//! The request header is parsed once (httparse) into pingora-http's `RequestHeader` without a
-//! case map, its values sharing one copy of the header's bytes; its framing and connection
-//! fields are found in the same pass. A response header is put in an output buffer and goes
+//! The request header is parsed once ([`Request`]) into its bytes and an index of its fields;
+//! its framing and connection fields are found in the same pass. A response header is put in an output buffer and goes
 //! out with the first body bytes; each body piece is written as it comes (a slow body is never
 //! held back for more). Bytes read past the request are the start of the next one (pipelining),
 //! handed back with the connection.
 
 use std::io;
-use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 
-use bytes::{Buf, Bytes, BytesMut};
-use http::header::{HeaderName, HeaderValue};
+use bytes::{Buf, BytesMut};
 use pingora_core::protocols::Stream;
-use pingora_http::RequestHeader;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::body::{Reader, Step};
-use super::response::{Framing, Lengths, MAX_FIELDS};
+use super::request::Request;
 
 /// The longest request header (bytes), as pingora-core's own limit.
 pub const MAX_HEAD: usize = 1024 * 1024;
@@ -73,10 +69,7 @@ pub struct Server {
     buf: BytesMut,
     /// Bytes at the start of `buf` handed out by the last [`Server::read_body`].
     handed: usize,
-    req: Option<RequestHeader>,
-    /// The request header's bytes, as they came (for a hand-over to the tunnel).
-    head: Bytes,
-    framing: Framing,
+    req: Option<Request>,
     reader: Reader,
     keep_alive: bool,
     /// The response: waiting output, how its body is framed, its status once begun.
@@ -95,8 +88,6 @@ impl Server {
             buf: first,
             handed: 0,
             req: None,
-            head: Bytes::new(),
-            framing: Framing::default(),
             reader: Reader::Done,
             keep_alive: false,
             out: BytesMut::new(),
@@ -136,102 +127,46 @@ impl Server {
 
     /// Parses the request header at the start of the buffer; its length when complete.
     fn parse(&mut self, keep_alive: bool) -> Result<Option<usize>, ReadError> {
-        let bad = |what: String| ReadError::Malformed(what);
-        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
-        let mut r = httparse::Request::new(&mut []);
-        let buf = &self.buf[..];
-        let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
-            &mut r,
-            buf,
-            &mut fields,
-        ) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => {
-                return Err(bad(format!("more than {MAX_FIELDS} header fields")))
-            }
-            Err(e) => return Err(bad(format!("malformed request header: {e}"))),
+        let Some((req, len)) =
+            Request::parse(&self.buf).map_err(|e| ReadError::Malformed(e.to_string()))?
+        else {
+            return Ok(None);
         };
-        let head = Bytes::copy_from_slice(&buf[..len]);
-        let base = buf.as_ptr() as usize;
-        let mut framing = Framing::default();
-        let mut lengths = Lengths::default();
-        let mut headers = http::HeaderMap::with_capacity(r.headers.len());
-        for f in r.headers.iter() {
-            framing.note(f.name.as_bytes(), f.value, &mut lengths);
-            let name = HeaderName::from_bytes(f.name.as_bytes())
-                .map_err(|_| bad(format!("invalid field name {:?}", f.name)))?;
-            let start = f.value.as_ptr() as usize - base;
-            let value = HeaderValue::from_maybe_shared(head.slice(start..start + f.value.len()))
-                .map_err(|_| bad(format!("invalid value of field {:?}", f.name)))?;
-            headers.append(name, value);
-        }
-        let http10 = r.version == Some(0);
-        let mut parts = http::Request::new(()).into_parts().0;
-        parts.method = http::Method::from_bytes(r.method.unwrap_or("").as_bytes())
-            .map_err(|_| bad("invalid method".into()))?;
-        parts.version = if http10 {
-            http::Version::HTTP_10
+        let f = &req.framing;
+        self.reader = if f.transfer_encoding {
+            Reader::chunked()
         } else {
-            http::Version::HTTP_11
+            Reader::length(f.content_length.unwrap_or(0))
         };
-        // RFC 9112 6.3: a Transfer-Encoding overrides a Content-Length, and a message with
-        // both may be an attempt at smuggling: the length goes, and so does the connection.
-        let both = framing.transfer_encoding && lengths.present();
-        if both {
-            headers.remove(http::header::CONTENT_LENGTH);
-        }
-        parts.headers = headers;
-        let mut req = RequestHeader::from(parts);
-        let target = r.path.unwrap_or("").as_bytes();
-        req.set_raw_path(target)
-            .map_err(|_| bad("invalid request target".into()))?;
-        pingora_core::protocols::http::authority::validate_request_authority(&req)
-            .map_err(|e| bad(e.reason_str().to_string()))?;
-        if framing.transfer_encoding {
-            if http10 {
-                return Err(bad(
-                    "HTTP/1.0 requests cannot include Transfer-Encoding".into()
-                ));
-            }
-            if !framing.chunked {
-                return Err(bad("non-chunked final Transfer-Encoding".into()));
-            }
-            self.reader = Reader::chunked();
-        } else {
-            framing.content_length = lengths
-                .value()
-                .map_err(|_| bad("invalid or conflicting Content-Length".into()))?;
-            self.reader = Reader::length(framing.content_length.unwrap_or(0));
-        }
+        // RFC 9112 6.1: a message with both framings may be an attempt at smuggling; the
+        // connection closes after it.
         self.keep_alive = keep_alive
-            && !both
-            && match framing.keep_alive {
+            && !req.both_framings
+            && match f.keep_alive {
                 Some(k) => k,
-                None => !http10,
+                None => !req.http10,
             };
-        self.framing = framing;
-        self.head = head;
         self.req = Some(req);
         Ok(Some(len))
     }
 
-    pub fn req_header(&self) -> &RequestHeader {
+    pub fn req_header(&self) -> &Request {
         self.req.as_ref().expect("the request header was read")
     }
 
     /// The request header, when one was read (not for a malformed request).
-    pub fn req_header_if_read(&self) -> Option<&RequestHeader> {
+    pub fn req_header_if_read(&self) -> Option<&Request> {
         self.req.as_ref()
     }
 
-    pub fn req_header_mut(&mut self) -> &mut RequestHeader {
+    pub fn req_header_mut(&mut self) -> &mut Request {
         self.req.as_mut().expect("the request header was read")
     }
 
     /// An HTTP/1.1 request with an `Upgrade` field.
     pub fn is_upgrade_req(&self) -> bool {
-        self.framing.upgrade && self.req_header().version == http::Version::HTTP_11
+        let req = self.req_header();
+        req.framing.upgrade && !req.http10
     }
 
     /// The client's address.
@@ -243,8 +178,9 @@ impl Server {
     /// The connection, with the request's bytes as they came and everything read after them,
     /// for another server to read the request again.
     pub fn into_hand_over(mut self) -> (Stream, BytesMut) {
-        let mut bytes = BytesMut::with_capacity(self.head.len() + self.buf.len());
-        bytes.extend_from_slice(&self.head);
+        let head = self.req.as_ref().map_or(&[][..], |r| &r.head()[..]);
+        let mut bytes = BytesMut::with_capacity(head.len() + self.buf.len());
+        bytes.extend_from_slice(head);
         self.buf.advance(self.handed);
         bytes.extend_from_slice(&self.buf);
         (self.stream, bytes)
@@ -414,13 +350,6 @@ impl Server {
         self.buf.advance(std::mem::take(&mut self.handed));
         let more = (!self.buf.is_empty()).then_some(self.buf);
         Some((self.stream, more))
-    }
-}
-
-impl Lengths {
-    /// A `Content-Length` was sent.
-    pub(super) fn present(&self) -> bool {
-        self.seen
     }
 }
 

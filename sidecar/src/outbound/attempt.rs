@@ -11,8 +11,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::h1::request::Request;
 use opentelemetry_sdk::trace::Span as SdkSpan;
-use pingora_http::RequestHeader;
 
 use crate::h1::client::Client;
 use crate::http::TryFields;
@@ -211,11 +211,11 @@ impl Drop for Try {
 /// from it) or a prepared header (hedged tries, which have no body).
 pub enum Source<'a> {
     Client(&'a mut Server),
-    Header(&'a RequestHeader),
+    Header(&'a Request),
 }
 
 impl Source<'_> {
-    fn header(&self) -> &RequestHeader {
+    fn header(&self) -> &Request {
         match self {
             Source::Client(s) => s.req_header(),
             Source::Header(h) => h,

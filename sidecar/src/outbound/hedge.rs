@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pingora_http::RequestHeader;
+use crate::h1::request::Request;
 
 use super::attempt::{self, Ended, Failed, Source, Try};
 use super::try_fields;
@@ -23,7 +23,7 @@ use crate::upstream::{Conn, Upstreams};
 use mesh_policy::retry::is_idempotent;
 
 /// Whether this request is served hedged, and after how long.
-pub fn wants_hedge(route: &ServiceRoute, req: &RequestHeader) -> Option<Duration> {
+pub fn wants_hedge(route: &ServiceRoute, req: &Request) -> Option<Duration> {
     let after = route.policy.retries.hedge_after_ms?;
     (is_idempotent(req.method.as_str()) && !crate::http::has_body(req))
         .then(|| Duration::from_millis(after))
@@ -52,7 +52,7 @@ fn reborrow<'b>(t: &'b mut Traced<'_>) -> Option<(&'b mesh_trace::Tracing, &'b m
 /// Runs the first try, and a second one once `after` passes without an answer.
 pub async fn race(
     upstreams: &Upstreams,
-    base: &RequestHeader,
+    base: &Request,
     route: &Arc<ServiceRoute>,
     deadline: Instant,
     after: Duration,
@@ -61,11 +61,7 @@ pub async fn race(
 ) -> Result<Won, Lost> {
     let policy = &route.policy;
     let method = &base.method;
-    let key: Option<&[u8]> = policy
-        .hash_header
-        .as_deref()
-        .and_then(|h| base.headers.get(h))
-        .map(|v| v.as_bytes());
+    let key: Option<&[u8]> = policy.hash_header.as_deref().and_then(|h| base.get(h));
     let now = Instant::now();
     let Some(first) = route.pick(key, &[], now) else {
         return Err(Lost {

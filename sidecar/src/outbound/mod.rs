@@ -156,9 +156,6 @@ impl Outbound {
                 .answer(s, cx, Reason::NoTable, "no routing table loaded yet")
                 .await;
         };
-        if let Err(e) = h::check_authority(s.req_header()) {
-            return self.answer(s, cx, Reason::BadRequest, &e.to_string()).await;
-        }
         let Some(host) = h::authority_host(s.req_header()) else {
             let detail = "the request names no service: send a Host header or an absolute URI";
             return self.answer(s, cx, Reason::BadRequest, detail).await;
@@ -259,8 +256,7 @@ impl Outbound {
             let key = policy
                 .hash_header
                 .as_deref()
-                .and_then(|name| s.req_header().headers.get(name))
-                .map(|v| v.as_bytes());
+                .and_then(|name| s.req_header().get(name));
             let Some(chosen) = route.pick(key, &failed, now) else {
                 cx.attempts -= 1;
                 let (reason, detail) = if route.endpoints().is_empty() {

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use pingora_http::RequestHeader;
+use crate::h1::request::Request;
 
 use crate::reason::Reason;
 use crate::telemetry::trace::{self, ReqTrace};
@@ -16,7 +16,7 @@ pub struct Access<'a> {
     pub service: &'a str,
     pub upstream: &'a str,
     pub endpoint: Option<SocketAddr>,
-    pub req: &'a RequestHeader,
+    pub req: &'a Request,
     pub trace: Option<&'a ReqTrace>,
     pub status: Option<u16>,
     pub attempts: u32,
@@ -46,11 +46,7 @@ impl Access<'_> {
 
 /// The trace id for the access log: the request's trace when tracing is on (a trace the hop
 /// started itself included), else the caller's `traceparent`'s. `buf` holds the hex.
-fn trace_id<'a>(
-    trace: Option<&ReqTrace>,
-    req: &'a RequestHeader,
-    buf: &'a mut [u8; 32],
-) -> &'a str {
+fn trace_id<'a>(trace: Option<&ReqTrace>, req: &'a Request, buf: &'a mut [u8; 32]) -> &'a str {
     match trace {
         Some(t) => {
             *buf = trace::trace_id_hex(&t.trace_id);

@@ -17,12 +17,12 @@ use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::h1::request::Request;
 use opentelemetry::trace::{
     SpanContext, SpanKind, Status, TraceContextExt, TraceFlags, TraceState, Tracer as _,
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::Span as SdkSpan;
-use pingora_http::RequestHeader;
 
 use mesh_trace::context::{TraceParent, TRACESTATE};
 use mesh_trace::Tracing;
@@ -46,8 +46,8 @@ pub fn method_name(m: &http::Method) -> &'static str {
     }
 }
 
-fn incoming(req: &RequestHeader) -> Option<TraceParent> {
-    TraceParent::parse(crate::http::get_custom(&req.headers, &crate::http::TRACEPARENT)?.as_bytes())
+fn incoming(req: &Request) -> Option<TraceParent> {
+    TraceParent::parse(req.get(crate::http::TRACEPARENT.as_str())?)
 }
 
 /// The trace of one request through one hop.
@@ -66,7 +66,7 @@ impl ReqTrace {
     /// the request's attributes.
     pub fn start(
         tracing: &Tracing,
-        req: &RequestHeader,
+        req: &Request,
         kind: SpanKind,
         attrs: impl FnOnce() -> Vec<KeyValue>,
     ) -> ReqTrace {
@@ -111,9 +111,8 @@ impl ReqTrace {
             };
         }
         let state = req
-            .headers
             .get(TRACESTATE)
-            .and_then(|v| v.to_str().ok())
+            .and_then(|v| std::str::from_utf8(v).ok())
             .and_then(|v| v.parse::<TraceState>().ok())
             .unwrap_or_default();
         let remote = SpanContext::new(
@@ -296,10 +295,10 @@ fn outcome(
 }
 
 /// The request attributes shared by both directions.
-pub fn request_attrs(req: &RequestHeader, service: &str, direction: &'static str) -> Vec<KeyValue> {
+pub fn request_attrs(req: &Request, service: &str, direction: &'static str) -> Vec<KeyValue> {
     vec![
         KeyValue::new("http.request.method", method_name(&req.method)),
-        KeyValue::new("url.path", req.uri.path().to_owned()),
+        KeyValue::new("url.path", String::from_utf8_lossy(req.path()).into_owned()),
         KeyValue::new("mesh.service", service.to_owned()),
         KeyValue::new("mesh.direction", direction),
     ]
