@@ -2,6 +2,8 @@
 //! machine over the bytes read so far), and how a request body is framed as it is written
 //! ([`Writer`]).
 
+use bytes::{Buf, BytesMut};
+
 /// The longest chunk-size line, and the longest trailer field line (bytes).
 pub const MAX_LINE: usize = 4096;
 /// The most trailer bytes a chunked body may carry (they are read and dropped).
@@ -264,5 +266,69 @@ impl Writer {
         };
         *self = Writer::Done;
         whole
+    }
+}
+
+/// A body's bytes read from a connection and not yet consumed, and where the body is in them:
+/// what both sides of an exchange read a body with ([`Incoming::next_piece`] finds each piece in the
+/// bytes read, the caller reads more when it says so).
+pub struct Incoming {
+    /// The bytes read and not consumed (the caller reads into it).
+    pub buf: BytesMut,
+    pub reader: Reader,
+    /// Bytes at the start of `buf` handed out as the last piece.
+    handed: usize,
+}
+
+/// What [`Incoming::next_piece`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    /// A piece of the body: these bytes of `buf`.
+    Data(std::ops::Range<usize>),
+    /// The body ended.
+    End,
+    /// More bytes must be read first.
+    More,
+}
+
+impl Incoming {
+    pub fn new(buf: BytesMut) -> Incoming {
+        Incoming {
+            buf,
+            reader: Reader::Done,
+            handed: 0,
+        }
+    }
+
+    /// Consumes the piece handed out last, then finds the next one in the bytes read.
+    pub fn next_piece(&mut self) -> Result<Piece, Malformed> {
+        self.buf.advance(std::mem::take(&mut self.handed));
+        Ok(match self.reader.step(&self.buf)? {
+            Step::Data { skip, len } => {
+                self.handed = skip + len;
+                Piece::Data(skip..skip + len)
+            }
+            Step::End { consume } => {
+                self.buf.advance(consume);
+                Piece::End
+            }
+            Step::More { consume } => {
+                self.buf.advance(consume);
+                Piece::More
+            }
+        })
+    }
+
+    /// Whether [`Incoming::next_piece`] would find a piece or the end without more bytes (framing
+    /// bytes alone are not a piece).
+    pub fn ready(&self) -> bool {
+        let mut reader = self.reader;
+        !matches!(reader.step(&self.buf[self.handed..]), Ok(Step::More { .. }))
+    }
+
+    /// The bytes read past the piece handed out last.
+    pub fn rest(&mut self) -> &mut BytesMut {
+        self.buf.advance(std::mem::take(&mut self.handed));
+        &mut self.buf
     }
 }

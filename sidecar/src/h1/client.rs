@@ -12,7 +12,7 @@ use bytes::{Buf, BytesMut};
 use pingora_core::protocols::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::body::{Reader, Step, Writer};
+use super::body::{Incoming, Piece, Reader, Writer};
 use super::response::{self, Response};
 
 /// The buffer an exchange starts with: a request header and a small body piece going out, then
@@ -44,15 +44,12 @@ pub enum Error {
 /// An upstream connection in an exchange.
 pub struct Client {
     stream: Stream,
-    /// Bytes to write (a request header not sent yet, framing), then bytes read and not yet
-    /// consumed.
-    buf: BytesMut,
+    /// Bytes to write (a request header not sent yet, framing) in its buffer, then the bytes
+    /// of the response read and not yet consumed.
+    inc: Incoming,
     writer: Writer,
     /// Some of the request has been written to the connection.
     wrote: bool,
-    /// Bytes at the start of `buf` handed out by the last [`Client::read_body`].
-    handed: usize,
-    reader: Reader,
     response: Option<Response>,
     head_request: bool,
     /// The upstream closed its side.
@@ -65,11 +62,9 @@ impl Client {
     pub fn new(stream: Stream) -> Client {
         Client {
             stream,
-            buf: BytesMut::new(),
+            inc: Incoming::new(BytesMut::new()),
             writer: Writer::Done,
             wrote: false,
-            handed: 0,
-            reader: Reader::Done,
             response: None,
             head_request: false,
             eof: false,
@@ -81,9 +76,9 @@ impl Client {
     /// connection's buffer and says how its body is framed; `head`: a HEAD request (its
     /// response has no body). The header goes out with the first body bytes.
     pub fn begin(&mut self, head: bool, write: impl FnOnce(&mut BytesMut) -> Writer) {
-        self.buf.reserve(START);
+        self.inc.buf.reserve(START);
         self.head_request = head;
-        self.writer = write(&mut self.buf);
+        self.writer = write(&mut self.inc.buf);
     }
 
     /// Whether any of the request has been written to the connection (a failure before that
@@ -94,24 +89,24 @@ impl Client {
 
     /// Sends a piece of the request body (with the header, when it has not gone yet).
     pub async fn write_body(&mut self, piece: &[u8]) -> Result<(), Error> {
-        self.writer.before(piece.len(), &mut self.buf)?;
+        self.writer.before(piece.len(), &mut self.inc.buf)?;
         if piece.is_empty() {
             return Ok(());
         }
         if piece.len() <= COALESCE {
-            self.buf.extend_from_slice(piece);
-            self.writer.after(piece.len(), &mut self.buf);
+            self.inc.buf.extend_from_slice(piece);
+            self.writer.after(piece.len(), &mut self.inc.buf);
             return Ok(self.flush().await?);
         }
         self.flush().await?;
         self.stream.write_all(piece).await?;
-        self.writer.after(piece.len(), &mut self.buf);
+        self.writer.after(piece.len(), &mut self.inc.buf);
         Ok(())
     }
 
     /// Ends the request body (the last chunk, when chunked) and sends what is buffered.
     pub async fn finish_body(&mut self) -> Result<(), Error> {
-        if !self.writer.finish(&mut self.buf) {
+        if !self.writer.finish(&mut self.inc.buf) {
             return Err(Error::Closed("before the request body was whole"));
         }
         self.flush().await?;
@@ -120,12 +115,12 @@ impl Client {
     }
 
     async fn flush(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
+        if self.inc.buf.is_empty() {
             return Ok(());
         }
         self.wrote = true;
-        self.stream.write_all(&self.buf).await?;
-        self.buf.clear();
+        self.stream.write_all(&self.inc.buf).await?;
+        self.inc.buf.clear();
         Ok(())
     }
 
@@ -134,14 +129,14 @@ impl Client {
     /// [`Client::finish_body`].
     pub async fn read_response(&mut self) -> Result<&Response, Error> {
         loop {
-            let parsed = if self.buf.is_empty() {
+            let parsed = if self.inc.buf.is_empty() {
                 None
             } else {
-                Response::parse(&self.buf)?
+                Response::parse(&self.inc.buf)?
             };
             let Some((resp, len)) = parsed else {
                 if self.read_more().await? == 0 {
-                    return Err(Error::Closed(if self.buf.is_empty() {
+                    return Err(Error::Closed(if self.inc.buf.is_empty() {
                         "before a response"
                     } else {
                         "in the response header"
@@ -149,11 +144,11 @@ impl Client {
                 }
                 continue;
             };
-            self.buf.advance(len);
+            self.inc.buf.advance(len);
             if (100..200).contains(&resp.status) && resp.status != 101 {
                 continue;
             }
-            self.reader = self.body_of(&resp);
+            self.inc.reader = self.body_of(&resp);
             return Ok(self.response.insert(resp));
         }
     }
@@ -185,41 +180,29 @@ impl Client {
 
     /// Whether [`Client::read_body`] can answer without reading from the connection.
     pub fn body_ready(&self) -> bool {
-        // A step on a copy of the reader: bytes of framing alone are not a piece.
-        let mut reader = self.reader;
-        self.eof || !matches!(reader.step(&self.buf[self.handed..]), Ok(Step::More { .. }))
+        self.eof || self.inc.ready()
     }
 
     /// The next piece of the response body, `None` at its end; each read waits up to `idle`.
     pub async fn read_body(&mut self, idle: Duration) -> Result<Option<&[u8]>, Error> {
-        self.buf.advance(std::mem::take(&mut self.handed));
         loop {
-            match self.reader.step(&self.buf)? {
-                Step::Data { skip, len } => {
-                    self.handed = skip + len;
-                    return Ok(Some(&self.buf[skip..skip + len]));
-                }
-                Step::End { consume } => {
-                    self.buf.advance(consume);
-                    return Ok(None);
-                }
-                Step::More { consume } => {
-                    self.buf.advance(consume);
-                    if self.eof {
-                        return match self.reader {
-                            Reader::Close => {
-                                self.reader = Reader::Done;
-                                Ok(None)
-                            }
-                            _ => Err(Error::Closed("in the response body")),
-                        };
-                    }
-                    match tokio::time::timeout(idle, self.read_more()).await {
-                        Ok(r) => r?,
-                        Err(_) => return Err(Error::BodyTimeout(idle)),
+            match self.inc.next_piece()? {
+                Piece::Data(r) => return Ok(Some(&self.inc.buf[r])),
+                Piece::End => return Ok(None),
+                Piece::More if self.eof => {
+                    return match self.inc.reader {
+                        Reader::Close => {
+                            self.inc.reader = Reader::Done;
+                            Ok(None)
+                        }
+                        _ => Err(Error::Closed("in the response body")),
                     };
                 }
-            }
+                Piece::More => match tokio::time::timeout(idle, self.read_more()).await {
+                    Ok(r) => r?,
+                    Err(_) => return Err(Error::BodyTimeout(idle)),
+                },
+            };
         }
     }
 
@@ -227,9 +210,9 @@ impl Client {
     /// room it was given doubles the room the next one gets, up to [`MAX_READ`]: a large body
     /// is read in large pieces, a small response never costs more than [`START`].
     async fn read_more(&mut self) -> Result<usize, Error> {
-        self.buf.reserve(self.read_size);
-        let room = self.buf.capacity() - self.buf.len();
-        let n = self.stream.read_buf(&mut self.buf).await?;
+        self.inc.buf.reserve(self.read_size);
+        let room = self.inc.buf.capacity() - self.inc.buf.len();
+        let n = self.stream.read_buf(&mut self.inc.buf).await?;
         if n == 0 {
             self.eof = true;
         } else if n == room {
@@ -243,7 +226,7 @@ impl Client {
     /// (HTTP/1.1 unless `Connection: close`; HTTP/1.0 only with `Connection: keep-alive`, and
     /// never after a `Transfer-Encoding`, RFC 9112 6.1). Else it is closed.
     pub fn into_reusable(mut self) -> Option<Stream> {
-        self.buf.advance(std::mem::take(&mut self.handed));
+        let rest_empty = self.inc.rest().is_empty();
         let resp = self.response.as_ref()?;
         let f = &resp.framing;
         let keep_alive = match f.keep_alive {
@@ -252,9 +235,9 @@ impl Client {
         } && !(resp.http10 && f.transfer_encoding)
             && resp.status != 101;
         (keep_alive
-            && self.reader.is_done()
+            && self.inc.reader.is_done()
             && self.writer == Writer::Done
-            && self.buf.is_empty()
+            && rest_empty
             && !self.eof)
             .then_some(self.stream)
     }

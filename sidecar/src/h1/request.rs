@@ -10,7 +10,7 @@ use std::mem::MaybeUninit;
 
 use bytes::Bytes;
 
-use super::response::{Framing, Lengths, MAX_FIELDS};
+use super::response::{Field, Framing, Lengths, Span, MAX_FIELDS};
 
 /// A parsed request header.
 #[derive(Debug, Clone)]
@@ -37,18 +37,6 @@ struct Upstream {
     dropped: [u64; MAX_FIELDS / 64],
     target: Option<Span>,
     host: Option<Span>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Span {
-    start: u32,
-    end: u32,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Field {
-    name: Span,
-    value: Span,
 }
 
 /// Why a request header was refused.
@@ -91,14 +79,7 @@ impl Request {
             Err(httparse::Error::TooManyHeaders) => return Err(Malformed::TooManyFields),
             Err(e) => return Err(Malformed::Syntax(e)),
         };
-        let base = buf.as_ptr() as usize;
-        let span = |s: &[u8]| {
-            let start = s.as_ptr() as usize - base;
-            Span {
-                start: start as u32,
-                end: (start + s.len()) as u32,
-            }
-        };
+        let span = |s: &[u8]| Span::of(buf, s);
         let mut framing = Framing::default();
         let mut lengths = Lengths::default();
         let mut index = Vec::with_capacity(r.headers.len());
@@ -207,7 +188,7 @@ impl Request {
     }
 
     fn bytes(&self, s: Span) -> &[u8] {
-        &self.head[s.start as usize..s.end as usize]
+        &self.head[s.range()]
     }
 
     /// The span of `len` bytes at `start` in the target.

@@ -38,16 +38,33 @@ pub struct Framing {
     pub upgrade: bool,
 }
 
+/// Where some bytes are in a header's bytes.
 #[derive(Debug, Clone, Copy)]
-struct Span {
-    start: u32,
-    end: u32,
+pub(super) struct Span {
+    pub(super) start: u32,
+    pub(super) end: u32,
 }
 
+impl Span {
+    /// The span of `part`, a slice of the bytes that start at `base`.
+    pub(super) fn of(base: &[u8], part: &[u8]) -> Span {
+        let start = part.as_ptr() as usize - base.as_ptr() as usize;
+        Span {
+            start: start as u32,
+            end: (start + part.len()) as u32,
+        }
+    }
+
+    pub(super) fn range(self) -> std::ops::Range<usize> {
+        self.start as usize..self.end as usize
+    }
+}
+
+/// A header field in a header's bytes.
 #[derive(Debug, Clone, Copy)]
-struct Field {
-    name: Span,
-    value: Span,
+pub(super) struct Field {
+    pub(super) name: Span,
+    pub(super) value: Span,
 }
 
 /// Why a response header was refused.
@@ -84,14 +101,7 @@ impl Response {
             Err(httparse::Error::TooManyHeaders) => return Err(Malformed::TooLarge),
             Err(e) => return Err(Malformed::Syntax(e)),
         };
-        let base = buf.as_ptr() as usize;
-        let span = |s: &[u8]| {
-            let start = s.as_ptr() as usize - base;
-            Span {
-                start: start as u32,
-                end: (start + s.len()) as u32,
-            }
-        };
+        let span = |s: &[u8]| Span::of(buf, s);
         let mut framing = Framing::default();
         let mut lengths = Lengths::default();
         let mut index = Vec::with_capacity(r.headers.len());
@@ -132,10 +142,9 @@ impl Response {
 
     /// The fields, each value shared with the header's bytes (no copy).
     pub fn shared_fields(&self) -> impl Iterator<Item = (&[u8], Bytes)> + '_ {
-        self.fields.iter().map(|f| {
-            let v = &self.head[f.value.start as usize..f.value.end as usize];
-            (self.bytes(f.name), self.head.slice_ref(v))
-        })
+        self.fields
+            .iter()
+            .map(|f| (self.bytes(f.name), self.head.slice(f.value.range())))
     }
 
     pub fn field_count(&self) -> usize {
@@ -150,7 +159,7 @@ impl Response {
     }
 
     fn bytes(&self, s: Span) -> &[u8] {
-        &self.head[s.start as usize..s.end as usize]
+        &self.head[s.range()]
     }
 }
 

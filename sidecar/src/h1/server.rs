@@ -14,7 +14,7 @@ use bytes::{Buf, BytesMut};
 use pingora_core::protocols::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::body::{Reader, Step};
+use super::body::{Incoming, Piece, Reader};
 use super::request::Request;
 
 /// The longest request header (bytes), as pingora-core's own limit.
@@ -66,11 +66,8 @@ pub struct Server {
     stream: Stream,
     /// Bytes read and not consumed: the request header until it is parsed, then its body, then
     /// whatever the client sent after it.
-    buf: BytesMut,
-    /// Bytes at the start of `buf` handed out by the last [`Server::read_body`].
-    handed: usize,
+    inc: Incoming,
     req: Option<Request>,
-    reader: Reader,
     keep_alive: bool,
     /// The response: waiting output, how its body is framed, its status once begun.
     out: BytesMut,
@@ -85,10 +82,8 @@ impl Server {
     pub fn new(stream: Stream, first: BytesMut) -> Server {
         Server {
             stream,
-            buf: first,
-            handed: 0,
+            inc: Incoming::new(first),
             req: None,
-            reader: Reader::Done,
             keep_alive: false,
             out: BytesMut::new(),
             writer: Out::Empty,
@@ -103,20 +98,20 @@ impl Server {
     /// this one (not while the listener shuts down).
     pub async fn read_request(&mut self, keep_alive: bool) -> Result<bool, ReadError> {
         loop {
-            if !self.buf.is_empty() {
+            if !self.inc.buf.is_empty() {
                 if let Some(len) = self.parse(keep_alive)? {
-                    self.buf.advance(len);
+                    self.inc.buf.advance(len);
                     return Ok(true);
                 }
-                if self.buf.len() > MAX_HEAD {
+                if self.inc.buf.len() > MAX_HEAD {
                     return Err(ReadError::Malformed(format!(
                         "request header larger than {MAX_HEAD} bytes"
                     )));
                 }
             }
-            self.buf.reserve(READ);
-            if self.stream.read_buf(&mut self.buf).await? == 0 {
-                return if self.buf.is_empty() {
+            self.inc.buf.reserve(READ);
+            if self.stream.read_buf(&mut self.inc.buf).await? == 0 {
+                return if self.inc.buf.is_empty() {
                     Ok(false)
                 } else {
                     Err(ReadError::Closed)
@@ -128,12 +123,12 @@ impl Server {
     /// Parses the request header at the start of the buffer; its length when complete.
     fn parse(&mut self, keep_alive: bool) -> Result<Option<usize>, ReadError> {
         let Some((req, len)) =
-            Request::parse(&self.buf).map_err(|e| ReadError::Malformed(e.to_string()))?
+            Request::parse(&self.inc.buf).map_err(|e| ReadError::Malformed(e.to_string()))?
         else {
             return Ok(None);
         };
         let f = &req.framing;
-        self.reader = if f.transfer_encoding {
+        self.inc.reader = if f.transfer_encoding {
             Reader::chunked()
         } else {
             Reader::length(f.content_length.unwrap_or(0))
@@ -179,10 +174,10 @@ impl Server {
     /// for another server to read the request again.
     pub fn into_hand_over(mut self) -> (Stream, BytesMut) {
         let head = self.req.as_ref().map_or(&[][..], |r| &r.head()[..]);
-        let mut bytes = BytesMut::with_capacity(head.len() + self.buf.len());
+        let rest = self.inc.rest();
+        let mut bytes = BytesMut::with_capacity(head.len() + rest.len());
         bytes.extend_from_slice(head);
-        self.buf.advance(self.handed);
-        bytes.extend_from_slice(&self.buf);
+        bytes.extend_from_slice(rest);
         (self.stream, bytes)
     }
 
@@ -198,21 +193,13 @@ impl Server {
 
     /// The next piece of the request body, `None` at its end.
     pub async fn read_body(&mut self) -> Result<Option<&[u8]>, BodyError> {
-        self.buf.advance(std::mem::take(&mut self.handed));
         loop {
-            match self.reader.step(&self.buf)? {
-                Step::Data { skip, len } => {
-                    self.handed = skip + len;
-                    return Ok(Some(&self.buf[skip..skip + len]));
-                }
-                Step::End { consume } => {
-                    self.buf.advance(consume);
-                    return Ok(None);
-                }
-                Step::More { consume } => {
-                    self.buf.advance(consume);
-                    self.buf.reserve(READ);
-                    if self.stream.read_buf(&mut self.buf).await? == 0 {
+            match self.inc.next_piece()? {
+                Piece::Data(r) => return Ok(Some(&self.inc.buf[r])),
+                Piece::End => return Ok(None),
+                Piece::More => {
+                    self.inc.buf.reserve(READ);
+                    if self.stream.read_buf(&mut self.inc.buf).await? == 0 {
                         return Err(BodyError::Closed);
                     }
                 }
@@ -222,7 +209,7 @@ impl Server {
 
     /// Whether the whole request body has been read.
     pub fn body_done(&self) -> bool {
-        self.reader.is_done()
+        self.inc.reader.is_done()
     }
 
     /// Answers `Expect: 100-continue`.
@@ -244,7 +231,7 @@ impl Server {
         body: Out,
         fields: impl FnOnce(&mut BytesMut) -> bool,
     ) {
-        if !self.reader.is_done() || body == Out::Close || self.req.is_none() {
+        if !self.inc.reader.is_done() || body == Out::Close || self.req.is_none() {
             // Answered before the request body was read (or the request was not even read):
             // what the client sends next cannot be told apart from a new request.
             self.keep_alive = false;
@@ -344,11 +331,11 @@ impl Server {
     /// The connection, when it serves another request, with any bytes of that request read
     /// already. Else it is closed.
     pub fn into_next(mut self) -> Option<(Stream, Option<BytesMut>)> {
-        if !(self.keep_alive && self.finished && self.reader.is_done()) {
+        if !(self.keep_alive && self.finished && self.inc.reader.is_done()) {
             return None;
         }
-        self.buf.advance(std::mem::take(&mut self.handed));
-        let more = (!self.buf.is_empty()).then_some(self.buf);
+        self.inc.rest();
+        let more = (!self.inc.buf.is_empty()).then_some(self.inc.buf);
         Some((self.stream, more))
     }
 }

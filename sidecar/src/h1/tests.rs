@@ -194,6 +194,18 @@ async fn read_request(server: &mut TcpStream, until: &[u8]) -> Vec<u8> {
 
 const IDLE: Duration = Duration::from_secs(5);
 
+/// A client that has sent a bodiless GET (`head`: a HEAD), and the server end that read it.
+async fn sent_get(head: bool) -> (Client, TcpStream) {
+    let (mut c, mut server) = pair().await;
+    c.begin(head, |out| {
+        out.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        Writer::Done
+    });
+    c.finish_body().await.unwrap();
+    read_request(&mut server, b"\r\n\r\n").await;
+    (c, server)
+}
+
 #[tokio::test]
 async fn an_exchange_is_one_write_and_its_connection_is_reusable() {
     let (mut c, mut server) = pair().await;
@@ -248,13 +260,7 @@ async fn a_connection_is_not_reused_unless_its_response_ended_cleanly() {
         (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", true, true),
     ];
     for (response, head, reusable) in cases {
-        let (mut c, mut server) = pair().await;
-        c.begin(head, |out| {
-            out.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
-            Writer::Done
-        });
-        c.finish_body().await.unwrap();
-        read_request(&mut server, b"\r\n\r\n").await;
+        let (mut c, mut server) = sent_get(head).await;
         server.write_all(response).await.unwrap();
         if !reusable {
             let _ = server.shutdown().await;
@@ -285,13 +291,7 @@ async fn a_connection_is_not_reused_unless_its_response_ended_cleanly() {
 
 #[tokio::test]
 async fn a_body_cut_short_is_an_error_not_an_end() {
-    let (mut c, mut server) = pair().await;
-    c.begin(false, |out| {
-        out.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
-        Writer::Done
-    });
-    c.finish_body().await.unwrap();
-    read_request(&mut server, b"\r\n\r\n").await;
+    let (mut c, mut server) = sent_get(false).await;
     server
         .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort")
         .await
@@ -325,13 +325,7 @@ async fn a_large_chunked_request_body_goes_out_framed() {
 
 #[tokio::test]
 async fn a_large_response_body_streams_through_a_growing_buffer() {
-    let (mut c, mut server) = pair().await;
-    c.begin(false, |out| {
-        out.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
-        Writer::Done
-    });
-    c.finish_body().await.unwrap();
-    read_request(&mut server, b"\r\n\r\n").await;
+    let (mut c, mut server) = sent_get(false).await;
     let n = 1_000_000;
     let writer = tokio::spawn(async move {
         server
@@ -359,13 +353,7 @@ async fn a_large_response_body_streams_through_a_growing_buffer() {
 
 #[tokio::test]
 async fn a_silent_body_times_out() {
-    let (mut c, mut server) = pair().await;
-    c.begin(false, |out| {
-        out.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
-        Writer::Done
-    });
-    c.finish_body().await.unwrap();
-    read_request(&mut server, b"\r\n\r\n").await;
+    let (mut c, mut server) = sent_get(false).await;
     server
         .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
         .await
