@@ -4,7 +4,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use clap::Parser;
-use pingora_core::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
@@ -54,14 +54,15 @@ fn main() {
     }
 }
 
-/// A client listener: the reserved address, and no read buffer of Pingora's in front of the
-/// socket (its default is 64 KiB per connection, held while the connection is idle; the HTTP
-/// session reads into its own buffers anyway, so the extra buffer was only a copy). The 1,460
-/// bytes of write buffer stay: a small response goes out in one write.
+/// A client listener: the reserved address, and no buffer of Pingora's in front of the socket
+/// either way. The request loop (`h1::server`) reads into its own buffer, and puts a response
+/// header and its first body bytes together before it writes them, so Pingora's buffers (64 KiB
+/// to read and 1,460 bytes to write by default, per connection, held while it is idle) would
+/// only be a copy.
 fn listener_config(r: &Reserved) -> ListenerConfig {
     ListenerConfig::tcp(r.addr.to_string())
         .tcp_socket_options(r.options.clone().unwrap_or_default())
-        .l4_buffer(L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE))
+        .l4_buffer(L4BufferSettings::unbuffered())
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
