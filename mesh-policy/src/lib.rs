@@ -17,11 +17,14 @@
 //!   not from clients);
 //! - [`breaker`]: per-endpoint outlier detection, one small state machine per endpoint (closed,
 //!   open, half-open) and the set-level `max_ejected_percent` bound;
+//! - [`fault`]: which request or try gets which of a service's faults (delay, abort), and
+//!   the delay drawn from its distribution;
 //! - [`select`]: one service's endpoints with their load (requests in flight, peak-EWMA
 //!   latency, active health) and the balancing algorithms: round robin, random, ring hash, P2C
 //!   on requests in flight and P2C on peak-EWMA load.
 
 pub mod addr_map;
 pub mod breaker;
+pub mod fault;
 pub mod retry;
 pub mod select;

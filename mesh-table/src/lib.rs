@@ -17,6 +17,7 @@
 //! - `error`: [`TableError`] and [`InvalidField`].
 
 mod error;
+pub mod faults;
 pub mod raw;
 
 use std::collections::BTreeMap;
@@ -81,6 +82,10 @@ pub struct Service {
     pub breaker: Breaker,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
+    /// Faults injected into requests to the service (`faults`), in the order written: the
+    /// first that applies to a request is the one injected.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<faults::Fault>,
 }
 
 /// Active health checking of every endpoint of a service.
@@ -488,6 +493,11 @@ fn compile_service(
     let health_check = raw
         .health_check
         .map(|h| compile_health(&format!("{path}.health_check"), h, errs));
+    let faults = faults::compile_faults(
+        raw.faults.unwrap_or_default(),
+        &format!("{path}.faults"),
+        errs,
+    );
     if errs.len() > before {
         return None;
     }
@@ -500,10 +510,11 @@ fn compile_service(
         retries,
         breaker,
         health_check,
+        faults,
     })
 }
 
-fn is_header_name(h: &str) -> bool {
+pub(crate) fn is_header_name(h: &str) -> bool {
     !h.is_empty()
         && h.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))

@@ -24,6 +24,7 @@ pub struct RawService {
     pub timeouts: Option<RawTimeouts>,
     pub retries: Option<RawRetries>,
     pub breaker: Option<RawBreaker>,
+    pub faults: Option<Vec<crate::faults::RawFault>>,
 }
 
 /// `"dns:HOST:PORT"` or `["HOST:PORT", ...]`.

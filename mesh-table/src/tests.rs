@@ -324,3 +324,135 @@ hash_header = "x"
         assert!(joined.contains(want), "missing {want:?} in:\n{joined}");
     }
 }
+
+const FAULTS: &str = r#"
+version = 1
+[services.c]
+endpoints = ["127.0.0.1:9001"]
+
+[[services.c.faults]]
+name = "slow-half"
+percent = 50
+delay = { fixed_ms = 200 }
+match = { path_prefix = "/api", method = "GET", headers = { "X-User" = "test" } }
+
+[[services.c.faults]]
+name = "first-two-fail"
+side = "inbound"
+first_tries = 2
+abort = { status = 503, body = "injected", grpc_status = 14 }
+
+[[services.c.faults]]
+name = "tail"
+every = 3
+after_ms = 1000
+for_ms = 5000
+delay = { scale_ms = 20, shape = 1.5 }
+"#;
+
+#[test]
+fn faults_parse_with_their_selection_window_and_match() {
+    use crate::faults::*;
+    let t = Table::from_toml_str(FAULTS).expect("valid faults");
+    let f = &t.services["c"].faults;
+    assert_eq!(f.len(), 3, "in the order written");
+    assert_eq!(f[0].name, "slow-half");
+    assert_eq!(f[0].side, Side::Outbound, "the callers' side by default");
+    assert_eq!(f[0].select, Select::Percent(50.0));
+    assert_eq!(f[0].delay, Some(Delay::Fixed { ms: 200 }));
+    assert_eq!(f[0].matches.method.as_deref(), Some("GET"));
+    assert_eq!(
+        f[0].matches.headers.get("x-user").map(String::as_str),
+        Some("test"),
+        "header names in lower case"
+    );
+    assert_eq!(f[1].side, Side::Inbound);
+    assert_eq!(f[1].select, Select::FirstTries(2));
+    assert_eq!(
+        f[1].abort,
+        Some(Abort {
+            status: 503,
+            body: Some("injected".into()),
+            grpc_status: Some(14)
+        })
+    );
+    assert_eq!(f[2].select, Select::Every(3));
+    assert_eq!(
+        f[2].window,
+        Some(Window {
+            after_ms: 1000,
+            for_ms: Some(5000)
+        })
+    );
+    assert_eq!(
+        f[2].delay,
+        Some(Delay::Pareto {
+            scale_ms: 20,
+            shape: 1.5,
+            max_ms: DEFAULT_PARETO_MAX_MS
+        })
+    );
+    let again = Table::from_json_str(&t.to_json()).expect("the JSON form reads back");
+    assert_eq!(again, t);
+}
+
+#[test]
+fn bad_faults_are_refused_each_naming_its_field() {
+    let errs = invalid(
+        r#"
+version = 1
+[services.c]
+endpoints = ["127.0.0.1:9001"]
+[[services.c.faults]]
+name = "Bad Name"
+percent = 150
+delay = { fixed_ms = 700000 }
+[[services.c.faults]]
+name = "two"
+every = 0
+abort = { status = 99 }
+[[services.c.faults]]
+name = "two"
+percent = 10
+every = 2
+delay = { min_ms = 300, max_ms = 100 }
+[[services.c.faults]]
+name = "nothing"
+[[services.c.faults]]
+name = "odd-delay"
+delay = { fixed_ms = 1, mean_ms = 2 }
+match = { path_prefix = "api", method = "get" }
+[[services.c.faults]]
+side = "sideways"
+delay = { scale_ms = 10, shape = 0.0 }
+"#,
+    );
+    let want = [
+        "services.c.faults[0].name",
+        "services.c.faults[0].percent",
+        "services.c.faults[0].delay: 700000 ms",
+        "services.c.faults[1].every",
+        "services.c.faults[1].abort.status",
+        "services.c.faults[2]: set one of percent, every and first_tries",
+        "services.c.faults[2].delay: min_ms is above max_ms",
+        "services.c.faults[3]: a fault needs a delay, an abort, or both",
+        "services.c.faults[4].delay: one of",
+        "services.c.faults[4].match.path_prefix",
+        "services.c.faults[4].match.method",
+        "services.c.faults[5].name: every fault needs a name",
+        "services.c.faults[5].side",
+        "services.c.faults[5].delay.shape",
+    ];
+    for w in want {
+        assert!(
+            errs.iter().any(|e| e.starts_with(w)),
+            "no error starting {w:?} in {errs:#?}"
+        );
+    }
+    let unknown = Table::from_toml_str(
+        "version = 1\n[services.c]\nendpoints = [\"127.0.0.1:1\"]\n[[services.c.faults]]\nname = \"x\"\nlatency = 5\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(unknown.contains("latency"), "{unknown}");
+}
