@@ -220,7 +220,9 @@ def method_lines(mode, oha: str | None) -> list[str]:
          "saturation runs (it hides queueing delay: coordinated omission)."),
         f"Memory: VmRSS from /proc/PID/status, idle after start, peak sampled during the GET "
         f"runs, and with {IDLE_CONNECTIONS} client connections opened from Python, each after "
-        "one request answered, held idle for 0.5 s.",
+        f"one request answered, held idle for 0.5 s; then {IDLE_CONNECTIONS} more. KiB per idle "
+        f"client is the growth over the second {IDLE_CONNECTIONS} (the first also pay for what a "
+        "process sets up once, such as an allocator's next region).",
         "Setup 6 turns every policy the sidecar has on. Setup 2 is the same sidecar with every "
         "policy off as far as the table allows (one try, round-robin over one endpoint, no "
         "health check, breaker and limit out of reach): the breaker, limit and budget "
@@ -431,7 +433,7 @@ def memory(t: dict) -> list[str]:
         a(f"### Memory (VmRSS, MiB; summed over the setup's processes)")
         a("")
         a(f"| setup | idle | under load (peak) | {IDLE_CONNECTIONS} idle keep-alive "
-          "clients | KiB per idle client |")
+          f"clients | KiB per idle client (the next {IDLE_CONNECTIONS}) |")
         a("| --- | ---: | ---: | ---: | ---: |")
         ic = t.get("idle_connections", {})
         for key in SETUPS:

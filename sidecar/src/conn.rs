@@ -107,8 +107,9 @@ impl<H: Handler> ServerApp for Listener<H> {
 
 /// The first bytes of a connection's next request, read without holding a buffer while the
 /// connection waits: the read goes to the stack within one poll, and only bytes that arrived
-/// are copied into the buffer the session parses (sized for a common request header, and
-/// grown by the session for a longer one). `None`: the client closed the connection.
+/// are copied into the buffer the request is parsed from (at least [`HEADER_ROOM`], so a
+/// header that arrives in pieces usually fits, and grown for a longer one). `None`: the
+/// client closed the connection.
 async fn first_bytes(stream: &mut Stream) -> std::io::Result<Option<BytesMut>> {
     std::future::poll_fn(|cx| {
         let mut tmp = [MaybeUninit::<u8>::uninit(); FIRST_READ];
@@ -117,7 +118,7 @@ async fn first_bytes(stream: &mut Stream) -> std::io::Result<Option<BytesMut>> {
             Poll::Ready(Ok(())) if buf.filled().is_empty() => Poll::Ready(Ok(None)),
             Poll::Ready(Ok(())) => {
                 let got = buf.filled();
-                let mut bytes = BytesMut::with_capacity(FIRST_READ.max(got.len()));
+                let mut bytes = BytesMut::with_capacity(HEADER_ROOM.max(got.len()));
                 bytes.extend_from_slice(got);
                 Poll::Ready(Ok(Some(bytes)))
             }
@@ -128,8 +129,11 @@ async fn first_bytes(stream: &mut Stream) -> std::io::Result<Option<BytesMut>> {
     .await
 }
 
-/// The largest first read of a request (the size of pingora's own first header buffer).
-const FIRST_READ: usize = 4096;
+/// The largest first read of a request: a header and a small body that arrived together are
+/// read at once (a 4 KiB POST in one `recv`, and then sent on in one `send`), on the stack.
+const FIRST_READ: usize = 16 * 1024;
+/// The least room of the buffer a request is parsed from.
+const HEADER_ROOM: usize = 4096;
 
 impl<H: Handler> Listener<H> {
     /// One request, from its first bytes: read its header, serve it (or hand it over to the

@@ -359,13 +359,13 @@ fn big_field_upstream() -> SocketAddr {
 
 #[test]
 fn a_header_longer_than_the_first_read_arriving_in_pieces_is_read_whole() {
-    // The loop reads a request's first bytes (up to 4 KiB) before it makes the session, which
-    // reads the rest: a 10 KB field sent in three pieces must arrive whole, and the connection
+    // The loop reads a request's first bytes (up to 16 KiB) before it parses them, and reads
+    // the rest after: a 20 KB field sent in three pieces must arrive whole, and the connection
     // must then serve its next request.
     let up = big_field_upstream();
     let t = table("bigfield", &[("b", up)]);
     let a = sidecar("a", up, &t);
-    let value = "v".repeat(10_000);
+    let value = "v".repeat(20_000);
     for (label, addr) in [
         ("outbound", a.addr("outbound")),
         ("inbound", a.addr("inbound")),
@@ -382,7 +382,7 @@ fn a_header_longer_than_the_first_read_arriving_in_pieces_is_read_whole() {
         let (head, body) = read_response(&mut r);
         assert!(head.starts_with("HTTP/1.1 200"), "{label}: {head:?}");
         assert_eq!(
-            body, "10000",
+            body, "20000",
             "{label}: the whole field reached the upstream"
         );
         c.write_all(b"GET /next HTTP/1.1\r\nHost: b\r\nX-Big: 1\r\n\r\n")
