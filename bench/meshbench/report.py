@@ -221,8 +221,9 @@ def method_lines(mode, oha: str | None) -> list[str]:
         f"Memory: VmRSS from /proc/PID/status, idle after start, peak sampled during the GET "
         f"runs, and with {IDLE_CONNECTIONS} client connections opened from Python, each after "
         f"one request answered, held idle for 0.5 s; then {IDLE_CONNECTIONS} more. KiB per idle "
-        f"client is the growth over the second {IDLE_CONNECTIONS} (the first also pay for what a "
-        "process sets up once, such as an allocator's next region).",
+        f"client is the growth over all {2 * IDLE_CONNECTIONS}, per client: RSS grows in steps "
+        "(an allocator commits a region of several MiB at once, which the next clients fill), so "
+        "the steps are spread over more clients than one batch.",
         "Setup 6 turns every policy the sidecar has on. Setup 2 is the same sidecar with every "
         "policy off as far as the table allows (one try, round-robin over one endpoint, no "
         "health check, breaker and limit out of reach): the breaker, limit and budget "
@@ -432,8 +433,8 @@ def memory(t: dict) -> list[str]:
     if "rss_idle_kib" in t:
         a(f"### Memory (VmRSS, MiB; summed over the setup's processes)")
         a("")
-        a(f"| setup | idle | under load (peak) | {IDLE_CONNECTIONS} idle keep-alive "
-          f"clients | KiB per idle client (the next {IDLE_CONNECTIONS}) |")
+        a(f"| setup | idle | under load (peak) | {2 * IDLE_CONNECTIONS} idle keep-alive "
+          f"clients | KiB per idle client (over {2 * IDLE_CONNECTIONS}) |")
         a("| --- | ---: | ---: | ---: | ---: |")
         ic = t.get("idle_connections", {})
         for key in SETUPS:
@@ -445,7 +446,8 @@ def memory(t: dict) -> list[str]:
             if "error" in c:
                 conn, per = f"n/a ({c['error']})", "-"
             else:
-                conn, per = mib(c.get("rss_kib")), fmt(c.get("kib_per_connection"), 1)
+                conn = mib(c.get("rss_2n_kib", c.get("rss_kib")))
+                per = fmt(c.get("kib_per_connection"), 1)
             label = TITLES[key] + (" (the backend itself)" if key == "direct" else "")
             a(f"| {label} | {mib(idle)} | {mib(load) if key != 'direct' else '-'} "
               f"| {conn} | {per} |")
