@@ -164,7 +164,18 @@ impl Routes {
 
     /// The route for a request authority's host (`b`, `b:8080`'s host part, or a Kubernetes
     /// name such as `b.mesh-dev.svc.cluster.local`).
+    /// The route of the service `host` names: the service's own name, or its Kubernetes name
+    /// (`b.NAMESPACE.svc[.cluster.local]`), in any case (host names are case-insensitive,
+    /// RFC 4343; service names are lower case, so only a name with an upper-case letter is
+    /// lowered, into a copy).
     pub fn lookup(&self, host: &str) -> Option<&Arc<ServiceRoute>> {
+        if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            return self.lookup_lower(&host.to_ascii_lowercase());
+        }
+        self.lookup_lower(host)
+    }
+
+    fn lookup_lower(&self, host: &str) -> Option<&Arc<ServiceRoute>> {
         if let Some(r) = self.services.get(host) {
             return Some(r);
         }
@@ -337,6 +348,8 @@ endpoints = ["127.0.0.1:9002"]
             "an outside host is not the service b"
         );
         assert!(r.lookup("x").is_none(), "unknown name");
+        assert!(r.lookup("B").is_some(), "host names are case-insensitive");
+        assert!(r.lookup("C-Api.Mesh-Dev.SVC.cluster.local").is_some());
         assert_eq!(r.names(), "b, c-api");
     }
 

@@ -1495,6 +1495,17 @@ fn absolute_form_with_a_different_host_is_rejected_by_pingora() {
     );
 }
 
+/// Host names are case-insensitive (RFC 4343): `Host: HTTPBIN` routes to service httpbin.
+#[test]
+fn the_host_routes_in_any_case() {
+    let (h, _logs) = harness();
+    let [outbound, _] = h.httpbin();
+    for host in ["HTTPBIN", "HttpBin"] {
+        let r = call(Target { host, ..outbound }, "GET", "/get", &[], b"");
+        assert_eq!(r.status, 200, "Host: {host}: {}", r.text());
+    }
+}
+
 /// A request line with a space inside its target is malformed (RFC 9112 3): refused with the
 /// sidecar's own 400, naming the reason, never repaired into another target and forwarded
 /// (Pingora 0.9.1's server session rewrote `/m 4` to `/m%204`). The connection closes after it.
