@@ -112,6 +112,27 @@ impl Inbound {
             );
             return self.answer(s, cx, Reason::DeadlineExceeded, &detail).await;
         }
+        // The table's faults on this service's own side: each request that arrives is a first
+        // try here.
+        let route = self
+            .mesh
+            .routes()
+            .and_then(|r| r.lookup(&self.mesh.service).cloned());
+        let fault = route.as_ref().and_then(|r| {
+            crate::outbound::fault_for(&r.faults_in, s.req_header(), 0, Instant::now())
+        });
+        if let Some((name, delay, abort)) = fault {
+            if let Some(d) = delay {
+                self.metrics.fault(&name, "delay");
+                tokio::time::sleep(d).await;
+            }
+            if let Some(abort) = abort {
+                self.metrics.fault(&name, "abort");
+                cx.answered = Some(Reason::InjectedFault);
+                let service = &self.mesh.service;
+                return reason::answer_fault(s, &abort, &name, "inbound", service, 0).await;
+            }
+        }
         let app_timeout = self.app_timeout();
         let (timeout, deadline_bound) = match caller {
             Some(left) if with_grace(left) < app_timeout => (with_grace(left), true),

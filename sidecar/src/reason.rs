@@ -28,6 +28,8 @@ pub enum Reason {
     DeadlineExceeded,
     Overflow,
     BreakerOpen,
+    /// A fault of the table answered (its own status: see [`answer_fault`]).
+    InjectedFault,
 }
 
 impl Reason {
@@ -45,6 +47,7 @@ impl Reason {
             Reason::DeadlineExceeded => "deadline-exceeded",
             Reason::Overflow => "overflow",
             Reason::BreakerOpen => "breaker-open",
+            Reason::InjectedFault => "injected-fault",
         }
     }
 
@@ -56,7 +59,8 @@ impl Reason {
             Reason::NoTable
             | Reason::NoHealthyEndpoint
             | Reason::Overflow
-            | Reason::BreakerOpen => 503,
+            | Reason::BreakerOpen
+            | Reason::InjectedFault => 503,
             Reason::DeadlineExceeded => 504,
             Reason::ConnectFailure | Reason::UpstreamReset => 502,
             Reason::PerTryTimeout | Reason::RequestTimeout => 504,
@@ -74,7 +78,7 @@ impl Reason {
             Reason::BadRequest => "http_request_error",
             Reason::DeadlineExceeded => "http_response_timeout",
             Reason::Overflow => "connection_limit_reached",
-            Reason::BreakerOpen => "destination_unavailable",
+            Reason::BreakerOpen | Reason::InjectedFault => "destination_unavailable",
         }
     }
 }
@@ -167,4 +171,67 @@ pub fn response(
         let _ = h.insert_header(names::ATTEMPTS, attempts_value(attempts));
     }
     (h, body)
+}
+
+/// Answers with an abort fault of the table: its status and body (else a line naming the
+/// fault), `x-mesh-error: injected-fault`, `x-mesh-fault: <name>`, and `grpc-status` when the
+/// fault sets one. No `Proxy-Status`: no proxy error happened.
+#[allow(clippy::too_many_arguments)]
+pub fn answer_fault<'a>(
+    s: &'a mut Server,
+    abort: &'a mesh_table::faults::Abort,
+    fault: &'a str,
+    hop: &'a str,
+    service: &'a str,
+    attempts: u32,
+) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+    Box::pin(async move {
+        let body = abort.body.clone().unwrap_or_else(|| {
+            format!("meshlab sidecar ({service} {hop}): injected-fault: {fault}\n")
+        });
+        let head = s
+            .req_header_if_read()
+            .is_some_and(|r| r.method == http::Method::HEAD);
+        let out = if head {
+            Out::Empty
+        } else {
+            Out::Length(body.len() as u64)
+        };
+        let status = http::StatusCode::from_u16(abort.status).ok();
+        let phrase = status.and_then(|s| s.canonical_reason()).unwrap_or("");
+        s.begin_response(abort.status, phrase.as_bytes(), out, |o| {
+            use crate::h1::server::put_field;
+            put_field(o, b"content-type", b"text/plain; charset=utf-8");
+            put_field(
+                o,
+                b"content-length",
+                itoa::Buffer::new().format(body.len()).as_bytes(),
+            );
+            put_field(
+                o,
+                names::ERROR.as_bytes(),
+                Reason::InjectedFault.token().as_bytes(),
+            );
+            put_field(o, b"x-mesh-fault", fault.as_bytes());
+            if let Some(g) = abort.grpc_status {
+                put_field(o, b"grpc-status", itoa::Buffer::new().format(g).as_bytes());
+            }
+            if attempts > 0 {
+                put_field(
+                    o,
+                    names::ATTEMPTS.as_bytes(),
+                    attempts_value(attempts).as_bytes(),
+                );
+            }
+            false
+        });
+        let res = async {
+            s.write_body(body.as_bytes()).await?;
+            s.finish().await
+        }
+        .await;
+        if let Err(e) = res {
+            tracing::debug!(error = %e, "could not send an injected fault downstream");
+        }
+    })
 }

@@ -5,6 +5,8 @@
 //! endpoints discovered before it is published) and [`Mesh`] swaps it in with one atomic store.
 //! Requests in flight keep the `Arc` of the routes they started with, so a swap drops nothing.
 
+use mesh_policy::fault::Faults;
+use mesh_table::faults::Side;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -37,6 +39,10 @@ pub struct ServiceRoute {
     /// The active health check, when the table configures one.
     health: Option<ServiceHealth>,
     pub(crate) metrics: RouteMetrics,
+    /// The service's faults its callers' sidecars inject (`side = "outbound"`), and those its
+    /// own sidecar injects (`"inbound"`); their windows run from when this policy was installed.
+    pub(crate) faults_out: Faults,
+    pub(crate) faults_in: Faults,
 }
 
 impl ServiceRoute {
@@ -150,6 +156,8 @@ impl Routes {
                     .as_ref()
                     .map(|h| ServiceHealth::new(name, h)),
                 metrics: mesh.metrics.route("outbound", &mesh.service, name),
+                faults_out: Faults::new(&svc.faults, Side::Outbound, Instant::now()),
+                faults_in: Faults::new(&svc.faults, Side::Inbound, Instant::now()),
             });
             if route.is_dynamic() {
                 // DNS can be slow (seconds per name without a resolver): the table is installed

@@ -40,13 +40,16 @@ pub enum Ended {
     /// No response header within the try's timeout; `deadline`: that timeout was what was left
     /// of the request's own deadline.
     TimedOut { deadline: bool },
+    /// A fault of the table answered the try with this status before it was sent: nothing
+    /// reached an endpoint.
+    Injected(u16),
 }
 
 impl Ended {
     /// The retry policy's view.
     pub fn outcome(self) -> Outcome {
         match self {
-            Ended::Answered(s) => Outcome::of_status(s),
+            Ended::Answered(s) | Ended::Injected(s) => Outcome::of_status(s),
             Ended::ConnectFailed { .. } => Outcome::ConnectFailure,
             Ended::Reset => Outcome::Reset,
             Ended::TimedOut { .. } => Outcome::Timeout,
@@ -57,6 +60,8 @@ impl Ended {
     pub fn is_failure(self) -> bool {
         match self {
             Ended::Answered(s) => s >= 500,
+            // Not the endpoint's: it was never asked.
+            Ended::Injected(_) => false,
             _ => true,
         }
     }
@@ -65,6 +70,7 @@ impl Ended {
     pub fn reason(self) -> Reason {
         match self {
             Ended::Answered(_) | Ended::Reset => Reason::UpstreamReset,
+            Ended::Injected(_) => Reason::InjectedFault,
             Ended::ConnectFailed { .. } => Reason::ConnectFailure,
             Ended::TimedOut { deadline: true } => Reason::RequestTimeout,
             Ended::TimedOut { deadline: false } => Reason::PerTryTimeout,
@@ -73,14 +79,14 @@ impl Ended {
 
     /// Whether any of the request may have reached the app.
     pub fn reached_app(self) -> bool {
-        !matches!(self, Ended::ConnectFailed { .. })
+        !matches!(self, Ended::ConnectFailed { .. } | Ended::Injected(_))
     }
 
     /// The retry counter a retry after this try counts under.
     pub fn retry_label(self) -> metrics::RetryReason {
         use metrics::RetryReason;
         match self {
-            Ended::Answered(_) => RetryReason::Status,
+            Ended::Answered(_) | Ended::Injected(_) => RetryReason::Status,
             Ended::ConnectFailed { .. } => RetryReason::ConnectFailure,
             Ended::Reset => RetryReason::Reset,
             Ended::TimedOut { .. } => RetryReason::Timeout,
@@ -174,6 +180,8 @@ impl Try {
                 }
             }
             Ended::Reset => m.attempt(metrics::AttemptResult::Reset),
+            // No try was sent: counted as a fault (`meshlab_faults_injected_total`).
+            Ended::Injected(_) => {}
             Ended::TimedOut { deadline } => {
                 m.attempt(metrics::AttemptResult::Timeout);
                 m.timeout(if deadline {

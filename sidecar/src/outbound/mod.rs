@@ -242,8 +242,8 @@ impl Outbound {
                 let left = deadline.saturating_duration_since(Instant::now());
                 tokio::time::sleep(delay.min(left)).await;
             }
-            let now = Instant::now();
-            let remaining = deadline.saturating_duration_since(now);
+            let mut now = Instant::now();
+            let mut remaining = deadline.saturating_duration_since(now);
             if remaining.is_zero() {
                 let detail = format!(
                     "service {}: the request timeout passed after {} attempt(s)",
@@ -252,6 +252,56 @@ impl Outbound {
                 );
                 cx.attempts -= 1;
                 return self.answer(s, cx, Reason::RequestTimeout, &detail).await;
+            }
+            // The table's faults on the callers' side: one more step of the try, before an
+            // endpoint is picked (an injected abort reaches no endpoint).
+            if let Some((name, delay, abort)) =
+                fault_for(&route.faults_out, s.req_header(), cx.attempts - 1, now)
+            {
+                if let Some(d) = delay {
+                    route.metrics.fault(&name, "delay");
+                    tokio::time::sleep(d.min(remaining)).await;
+                    if d >= remaining {
+                        let detail = format!(
+                            "service {}: the request timeout passed in the delay of fault {name:?}",
+                            route.name
+                        );
+                        cx.attempts -= 1;
+                        return self.answer(s, cx, Reason::RequestTimeout, &detail).await;
+                    }
+                    now = Instant::now();
+                    remaining = deadline.saturating_duration_since(now);
+                }
+                if let Some(abort) = abort {
+                    route.metrics.fault(&name, "abort");
+                    let ended = Ended::Injected(abort.status);
+                    last = ended;
+                    if policy.retries.retries_status(abort.status)
+                        && self.may_retry(
+                            route,
+                            cx,
+                            ended,
+                            idempotent,
+                            body,
+                            deadline,
+                            now,
+                            &mut refusal,
+                        )
+                    {
+                        continue;
+                    }
+                    cx.answered = Some(Reason::InjectedFault);
+                    let service = &self.mesh.service;
+                    return reason::answer_fault(
+                        s,
+                        &abort,
+                        &name,
+                        "outbound",
+                        service,
+                        cx.attempts,
+                    )
+                    .await;
+                }
             }
             let key = policy
                 .hash_header
@@ -566,4 +616,25 @@ fn failure_detail(
         "service {}: {what} after {attempts} attempt(s){refused}",
         route.name
     )
+}
+
+/// The fault try `n` (0: the first) of `req` gets from `faults` at `now`, if any: its name, its
+/// delay and its abort, kept apart from the route (allocates only when a fault applies).
+pub(crate) fn fault_for(
+    faults: &mesh_policy::fault::Faults,
+    req: &crate::h1::request::Request,
+    n: u32,
+    now: Instant,
+) -> Option<(String, Option<Duration>, Option<mesh_table::faults::Abort>)> {
+    if faults.is_empty() {
+        return None;
+    }
+    let field = |name: &str| req.get(name);
+    let view = mesh_policy::fault::Request {
+        method: req.method.as_str(),
+        path: req.path(),
+        field: &field,
+    };
+    with_rng(|r| faults.decide(&view, n, now, r))
+        .map(|i| (i.name.to_owned(), i.delay, i.abort.cloned()))
 }

@@ -123,6 +123,7 @@ pub struct Metrics {
     refusals: IntCounterVec,
     timeouts: IntCounterVec,
     errors: IntCounterVec,
+    faults: IntCounterVec,
     ejections: IntCounterVec,
     overflows: IntCounterVec,
     breaker_state: IntGaugeVec,
@@ -144,6 +145,7 @@ pub struct RouteMetrics {
     ejections: IntCounter,
     overflows: IntCounter,
     errors: IntCounterVec,
+    faults: IntCounterVec,
     labels: [String; 3],
     per_request: bool,
 }
@@ -236,6 +238,12 @@ impl Metrics {
                 &["direction", "service", "upstream", "reason"],
                 &r,
             )?,
+            faults: counter(
+                "meshlab_faults_injected_total",
+                "Faults injected into requests, by the fault's name (from the table) and kind: delay, abort.",
+                &["direction", "service", "upstream", "fault", "kind"],
+                &r,
+            )?,
             ejections: counter(
                 "meshlab_breaker_ejections_total",
                 "Endpoints ejected by their breaker (first ejections and re-ejections after a failed probe).",
@@ -290,6 +298,7 @@ impl Metrics {
             ejections: self.ejections.with_label_values(&l),
             overflows: self.overflows.with_label_values(&l),
             errors: self.errors.clone(),
+            faults: self.faults.clone(),
             labels: l.map(str::to_owned),
             per_request: self.per_request,
         }
@@ -368,6 +377,15 @@ impl RouteMetrics {
         };
         self.class[i].inc();
         self.duration.observe(seconds);
+    }
+
+    /// A fault injected: `kind` is `delay` or `abort`; `fault` is a name from the table.
+    pub fn fault(&self, fault: &str, kind: &'static str) {
+        if !self.per_request {
+            return;
+        }
+        let [d, s, u] = &self.labels;
+        self.faults.with_label_values(&[d, s, u, fault, kind]).inc();
     }
 
     /// A try ended.
