@@ -116,30 +116,42 @@ pub fn answer<'a>(
 ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
     Box::pin(async move {
         let (header, body) = response(reason, hop, service, detail, attempts);
-        let head = s
-            .req_header_if_read()
-            .is_some_and(|r| r.method == http::Method::HEAD);
-        let out = if head {
-            Out::Empty
-        } else {
-            Out::Length(body.len() as u64)
-        };
-        let reason_phrase = header.status.canonical_reason().unwrap_or("");
-        s.begin_response(header.status.as_u16(), reason_phrase.as_bytes(), out, |o| {
+        send(s, header.status.as_u16(), &body, |o| {
             for (name, value) in &header.headers {
                 crate::h1::server::put_field(o, name.as_str().as_bytes(), value.as_bytes());
             }
-            false
-        });
-        let res = async {
-            s.write_body(&body).await?;
-            s.finish().await
-        }
+        })
         .await;
-        if let Err(e) = res {
-            tracing::debug!(error = %e, "could not send the sidecar's answer downstream");
-        }
     })
+}
+
+/// Writes one of the sidecar's own responses: `status`, the fields `fields` puts (its
+/// `content-length` among them), and `body` unless the request was a HEAD.
+async fn send(s: &mut Server, status: u16, body: &[u8], fields: impl FnOnce(&mut bytes::BytesMut)) {
+    let head = s
+        .req_header_if_read()
+        .is_some_and(|r| r.method == http::Method::HEAD);
+    let out = if head {
+        Out::Empty
+    } else {
+        Out::Length(body.len() as u64)
+    };
+    let phrase = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    s.begin_response(status, phrase.as_bytes(), out, |o| {
+        fields(o);
+        false
+    });
+    let res = async {
+        s.write_body(body).await?;
+        s.finish().await
+    }
+    .await;
+    if let Err(e) = res {
+        tracing::debug!(error = %e, "could not send the sidecar's own answer downstream");
+    }
 }
 
 /// A complete error response: header and body.
@@ -189,17 +201,7 @@ pub fn answer_fault<'a>(
         let body = abort.body.clone().unwrap_or_else(|| {
             format!("meshlab sidecar ({service} {hop}): injected-fault: {fault}\n")
         });
-        let head = s
-            .req_header_if_read()
-            .is_some_and(|r| r.method == http::Method::HEAD);
-        let out = if head {
-            Out::Empty
-        } else {
-            Out::Length(body.len() as u64)
-        };
-        let status = http::StatusCode::from_u16(abort.status).ok();
-        let phrase = status.and_then(|s| s.canonical_reason()).unwrap_or("");
-        s.begin_response(abort.status, phrase.as_bytes(), out, |o| {
+        send(s, abort.status, body.as_bytes(), |o| {
             use crate::h1::server::put_field;
             put_field(o, b"content-type", b"text/plain; charset=utf-8");
             put_field(
@@ -223,15 +225,7 @@ pub fn answer_fault<'a>(
                     attempts_value(attempts).as_bytes(),
                 );
             }
-            false
-        });
-        let res = async {
-            s.write_body(body.as_bytes()).await?;
-            s.finish().await
-        }
+        })
         .await;
-        if let Err(e) = res {
-            tracing::debug!(error = %e, "could not send an injected fault downstream");
-        }
     })
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use testkit::{get, http, sidecar_cmd, start_ready_sidecar, wait_http_ok, Proc, Response};
+use testkit::{get, http, wait_http_ok, Proc, Response};
 
 fn app() -> Proc {
     let args = [
@@ -38,9 +38,7 @@ fn table(name: &str, app: SocketAddr, faults: &str) -> PathBuf {
 }
 
 fn sidecar(service: &str, app: SocketAddr, table: &Path) -> Proc {
-    let mut cmd = sidecar_cmd(service, app);
-    cmd.args(["--table", table.to_str().unwrap()]);
-    start_ready_sidecar(&mut cmd, service, Duration::from_secs(30))
+    testkit::table_sidecar(service, app, table)
 }
 
 fn call(addr: SocketAddr, path: &str, extra: &[(&str, &str)]) -> Response {

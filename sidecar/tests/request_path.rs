@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use testkit::{sidecar_cmd, start_ready_sidecar, Proc};
+use testkit::Proc;
 
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -30,9 +30,7 @@ fn table(name: &str, services: &[(&str, SocketAddr)]) -> PathBuf {
 }
 
 fn sidecar(service: &str, app: SocketAddr, table: &Path) -> Proc {
-    let mut cmd = sidecar_cmd(service, app);
-    cmd.args(["--table", table.to_str().unwrap()]);
-    start_ready_sidecar(&mut cmd, service, Duration::from_secs(30))
+    testkit::table_sidecar(service, app, table)
 }
 
 /// Reads one HTTP/1 head (up to the blank line) from `r`.

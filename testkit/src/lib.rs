@@ -277,6 +277,13 @@ pub fn start_ready_sidecar(cmd: &mut Command, name: &str, timeout: Duration) -> 
     p
 }
 
+/// A sidecar for `service` fronting `app` with the table file `table`, once it is ready.
+pub fn table_sidecar(service: &str, app: SocketAddr, table: &std::path::Path) -> Proc {
+    let mut cmd = sidecar_cmd(service, app);
+    cmd.args(["--table", table.to_str().expect("a UTF-8 table path")]);
+    start_ready_sidecar(&mut cmd, service, Duration::from_secs(30))
+}
+
 /// A free loopback port below the ephemeral range, for a process that must be told its address
 /// before it starts (port 0 cannot be used there). The port is checked free by binding it and
 /// the listener is dropped before the process binds it, so something else could take it in
