@@ -493,6 +493,10 @@ fn drain_needs_the_admin_token_and_takes_ready_down() {
         200,
         "a draining sidecar still serves what arrives"
     );
-    assert_eq!(post("/undrain", Some("Bearer s3cret")).status, 200);
+    assert_eq!(
+        post("/undrain", Some("bearer s3cret")).status,
+        200,
+        "the auth scheme in any case (RFC 9110 11.1)"
+    );
     assert_eq!(get(admin, "/ready").unwrap().status, 200);
 }

@@ -156,7 +156,7 @@ fn refusal(s: &AdminState, headers: &HeaderMap) -> Option<Response> {
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(bearer_token);
     // Compared in constant time: the admin port may be reachable from the pod network.
     let ok = given.is_some_and(|g| {
         g.len() == token.len()
@@ -181,6 +181,15 @@ fn refusal(s: &AdminState, headers: &HeaderMap) -> Option<Response> {
         )
             .into_response(),
     )
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme in any case (RFC 9110
+/// 11.1: auth-scheme names are case-insensitive).
+fn bearer_token(v: &str) -> Option<&str> {
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' '))
 }
 
 async fn drain(State(s): State<AdminState>, headers: HeaderMap) -> Response {
