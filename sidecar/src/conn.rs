@@ -69,7 +69,7 @@ impl<H: Handler> ServerApp for Listener<H> {
         let mut prefix: Option<BytesMut> = None;
         loop {
             // Between requests the connection holds no buffer: the next request's first bytes
-            // are awaited here and become the session's prefix (pipelined bytes already are).
+            // are awaited here and become the start of its buffer (pipelined bytes already are).
             let first = match prefix.take() {
                 Some(p) => p,
                 None => {
@@ -86,8 +86,8 @@ impl<H: Handler> ServerApp for Listener<H> {
                     }
                 }
             };
-            // Boxed: one request's session and serving future (every await of the attempt
-            // loop, pingora's session futures) are large, and inline they would be part of
+            // Boxed: one request's server state and serving future (every await of the attempt
+            // loop and of the h1 server and client) are large, and inline they would be part of
             // this connection's task, held while the connection sits idle between requests
             // (measured: ~80 KiB of RSS per idle client connection with the serving future
             // inline). Boxed, they live for one request: one allocation per request.

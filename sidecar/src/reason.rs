@@ -103,7 +103,7 @@ pub use mesh_proto::headers::attempts_value;
 
 /// Writes one of the sidecar's own answers on a client connection.
 ///
-/// Boxed on purpose: the session's write future is large, and awaited inline it would make
+/// Boxed on purpose: the write future is large, and awaited inline it would make
 /// every request's future larger, answered or not (measured on the old path: ~17k
 /// instructions of memcpy per request).
 pub fn answer<'a>(
