@@ -158,11 +158,8 @@ pub async fn response(
     let req = down.req_header();
     let bodiless = matches!(resp.status, 100..=199 | 204 | 304) || req.method == http::Method::HEAD;
     let http10 = req.http10;
-    let length = resp
-        .framing
-        .content_length
-        .filter(|_| !resp.framing.transfer_encoding);
-    let (out, reframe) = match length {
+    // `None` when a Transfer-Encoding overrides the length (the parse saw to that).
+    let (out, reframe) = match resp.framing.content_length {
         _ if bodiless => (Out::Empty, Reframe::Same),
         Some(n) => (Out::Length(n), Reframe::Same),
         None if http10 => (Out::Close, Reframe::Close),

@@ -1,11 +1,10 @@
 //! HTTP on the sidecar's hops: the `x-mesh-*` names, the request's authority, hop-by-hop
 //! fields, and the request an upstream gets.
 //!
-//! Cost: header names are `HeaderName::from_static` statics, so no name is parsed or allocated
-//! per request. Each try's request header is written straight into its connection's buffer
-//! ([`write_upstream_head`]), and each response going downstream is built as one field map of
-//! the right size with its values shared ([`downstream_response`]). Fields are removed from the prepared request only when present; a `Connection`
-//! header that nominates fields is the only case that allocates beyond that.
+//! Cost: no field map anywhere. A request is prepared once by marking which of its fields stay
+//! on this hop ([`prepare_upstream`]); each try's header is written from the request's own
+//! bytes into its connection's buffer ([`write_upstream_head`]), and each response going
+//! downstream is written from the upstream's bytes ([`write_downstream_fields`]).
 
 use std::time::Duration;
 
@@ -149,26 +148,16 @@ fn is_protected(t: &[u8]) -> bool {
 /// origin-form target and the Host it names. A `Connection` header that nominates a protected
 /// field ([`is_protected`]) is refused, on both listeners. Nothing is copied or allocated.
 pub fn prepare_upstream(req: &mut Request) -> Result<(), BadRequest> {
-    let mut any_nominated = false;
-    for v in req.get_all("connection") {
-        for t in v.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-            if is_protected(t) {
-                return Err(BadRequest::ProtectedNomination(
-                    String::from_utf8_lossy(t).into_owned(),
-                ));
-            }
-            any_nominated |= !t.is_empty()
-                && !t.eq_ignore_ascii_case(b"close")
-                && !t.eq_ignore_ascii_case(b"keep-alive");
-        }
+    if let Some(t) = nominated(req.get_all("connection")).find(|t| is_protected(t)) {
+        return Err(BadRequest::ProtectedNomination(
+            String::from_utf8_lossy(t).into_owned(),
+        ));
     }
+    let any_nominated = nominated(req.get_all("connection")).next().is_some();
     for i in 0..req.field_count() {
         let name = req.field_name(i);
         let nominated = any_nominated
-            && req
-                .get_all("connection")
-                .flat_map(|v| v.split(|b| *b == b','))
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(name));
+            && nominated(req.get_all("connection")).any(|t| t.eq_ignore_ascii_case(name));
         if stays_on_hop(name) || nominated {
             req.drop_field(i);
         }
@@ -299,18 +288,7 @@ pub fn write_downstream_fields(
     out: &mut bytes::BytesMut,
 ) -> bool {
     use crate::h1::server::put_field;
-    let nominations = || {
-        up.fields()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
-            .flat_map(|(_, v)| v.split(|b| *b == b','))
-            .map(<[u8]>::trim_ascii)
-            .filter(|t| {
-                !t.is_empty()
-                    && !t.eq_ignore_ascii_case(b"close")
-                    && !t.eq_ignore_ascii_case(b"keep-alive")
-                    && !is_framing(std::str::from_utf8(t).unwrap_or(""))
-            })
-    };
+    let nominations = || nominated(up.head.get_all("connection"));
     let any_nominated = nominations().next().is_some();
     let te = up.framing.transfer_encoding;
     // The upstream's Transfer-Encoding goes on when the body is chunked again as it came.
@@ -373,8 +351,19 @@ fn response_field(name: &[u8]) -> Field {
     }
 }
 
-fn is_framing(t: &str) -> bool {
-    t.eq_ignore_ascii_case("content-length") || t.eq_ignore_ascii_case("transfer-encoding")
+/// The field names a message's `Connection` values nominate: every token but the options that
+/// name no field (`close`, `keep-alive`) and the framing fields, which each hop writes itself.
+fn nominated<'a>(connection: impl Iterator<Item = &'a [u8]>) -> impl Iterator<Item = &'a [u8]> {
+    connection
+        .flat_map(|v| v.split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| {
+            !t.is_empty()
+                && !t.eq_ignore_ascii_case(b"close")
+                && !t.eq_ignore_ascii_case(b"keep-alive")
+                && !t.eq_ignore_ascii_case(b"content-length")
+                && !t.eq_ignore_ascii_case(b"transfer-encoding")
+        })
 }
 
 #[cfg(test)]

@@ -64,14 +64,11 @@ impl Handler for Inbound {
 }
 
 impl Inbound {
-    fn app_timeout(&self) -> Duration {
+    /// This service's own route in the active table, if it has one.
+    fn own_route(&self) -> Option<Arc<crate::state::ServiceRoute>> {
         self.mesh
             .routes()
-            .and_then(|r| {
-                r.lookup(&self.mesh.service)
-                    .map(|s| s.policy.timeouts.request())
-            })
-            .unwrap_or(Duration::from_millis(mesh_table::defaults::REQUEST_MS))
+            .and_then(|r| r.lookup(&self.mesh.service).cloned())
     }
 
     async fn answer(&self, s: &mut Server, cx: &mut Ctx, reason: Reason, detail: &str) {
@@ -114,10 +111,7 @@ impl Inbound {
         }
         // The table's faults on this service's own side: each request that arrives is a first
         // try here.
-        let route = self
-            .mesh
-            .routes()
-            .and_then(|r| r.lookup(&self.mesh.service).cloned());
+        let route = self.own_route();
         let fault = route.as_ref().and_then(|r| {
             crate::outbound::fault_for(&r.faults_in, s.req_header(), 0, Instant::now())
         });
@@ -133,7 +127,10 @@ impl Inbound {
                 return reason::answer_fault(s, &abort, &name, "inbound", service, 0).await;
             }
         }
-        let app_timeout = self.app_timeout();
+        let app_timeout = route.as_ref().map_or(
+            Duration::from_millis(mesh_table::defaults::REQUEST_MS),
+            |r| r.policy.timeouts.request(),
+        );
         let (timeout, deadline_bound) = match caller {
             Some(left) if with_grace(left) < app_timeout => (with_grace(left), true),
             _ => (app_timeout, false),

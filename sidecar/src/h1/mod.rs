@@ -20,6 +20,7 @@
 
 pub mod body;
 pub mod client;
+pub mod head;
 pub mod request;
 pub mod response;
 pub mod server;

@@ -10,7 +10,8 @@ use std::mem::MaybeUninit;
 
 use bytes::Bytes;
 
-use super::response::{Field, Framing, Lengths, Span, MAX_FIELDS};
+use super::head::{Head, Span};
+use super::response::{Framing, Lengths, MAX_FIELDS};
 
 /// A parsed request header.
 #[derive(Debug, Clone)]
@@ -18,10 +19,9 @@ pub struct Request {
     pub method: http::Method,
     /// HTTP/1.0 (else HTTP/1.1).
     pub http10: bool,
-    /// The header's bytes, from the request line to the empty line.
-    head: Bytes,
+    /// The header's bytes, from the request line to the empty line, and its fields.
+    head: Head,
     target: Span,
-    fields: Vec<Field>,
     /// Its framing fields (the length `None` when a `Transfer-Encoding` overrides it).
     pub framing: Framing,
     /// Both a `Transfer-Encoding` and a `Content-Length` came.
@@ -79,24 +79,18 @@ impl Request {
             Err(httparse::Error::TooManyHeaders) => return Err(Malformed::TooManyFields),
             Err(e) => return Err(Malformed::Syntax(e)),
         };
-        let span = |s: &[u8]| Span::of(buf, s);
         let mut framing = Framing::default();
         let mut lengths = Lengths::default();
-        let mut index = Vec::with_capacity(r.headers.len());
-        let mut hosts = 0;
-        for f in r.headers.iter() {
-            let name = f.name.as_bytes();
-            framing.note(name, f.value, &mut lengths);
+        let (mut hosts, mut userinfo) = (0, false);
+        let head = Head::new(buf, len, r.headers, |name, value| {
+            framing.note(name, value, &mut lengths);
             if name.len() == 4 && name.eq_ignore_ascii_case(b"host") {
                 hosts += 1;
-                if f.value.contains(&b'@') {
-                    return Err(Malformed::HostUserinfo);
-                }
+                userinfo |= value.contains(&b'@');
             }
-            index.push(Field {
-                name: span(name),
-                value: span(f.value),
-            });
+        });
+        if userinfo {
+            return Err(Malformed::HostUserinfo);
         }
         if hosts > 1 {
             return Err(Malformed::MultipleHosts);
@@ -119,9 +113,8 @@ impl Request {
         let request = Request {
             method,
             http10,
-            target: span(target),
-            head: Bytes::copy_from_slice(&buf[..len]),
-            fields: index,
+            target: Span::of(buf, target),
+            head,
             framing,
             both_framings,
             up: Upstream::default(),
@@ -149,7 +142,7 @@ impl Request {
 
     /// The header's bytes as they came.
     pub fn head(&self) -> &Bytes {
-        &self.head
+        self.head.as_bytes()
     }
 
     /// The request target as it came.
@@ -164,31 +157,18 @@ impl Request {
         &t[..end]
     }
 
-    /// The fields in the order they came: name and value.
-    pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
-        self.fields
-            .iter()
-            .map(|f| (self.bytes(f.name), self.bytes(f.value)))
-    }
-
     /// The first value of the field `name` (any case).
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        let name = name.as_bytes();
-        self.fields()
-            .find(|(n, _)| n.len() == name.len() && n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+        self.head.get(name)
     }
 
     /// Every value of the field `name` (any case), in order.
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        let name = name.as_bytes();
-        self.fields()
-            .filter(move |(n, _)| n.len() == name.len() && n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+        self.head.get_all(name)
     }
 
     fn bytes(&self, s: Span) -> &[u8] {
-        &self.head[s.range()]
+        self.head.bytes(s)
     }
 
     /// The span of `len` bytes at `start` in the target.
@@ -219,7 +199,7 @@ impl Request {
     /// Host field.
     pub(crate) fn set_upstream_host(&mut self, start: usize, len: usize) {
         self.up.host = Some(self.in_target(start, len));
-        for i in 0..self.fields.len() {
+        for i in 0..self.head.len() {
             if self.field_name(i).eq_ignore_ascii_case(b"host") {
                 self.drop_field(i);
             }
@@ -227,11 +207,11 @@ impl Request {
     }
 
     pub(crate) fn field_name(&self, i: usize) -> &[u8] {
-        self.bytes(self.fields[i].name)
+        self.head.name(i)
     }
 
     pub(crate) fn field_count(&self) -> usize {
-        self.fields.len()
+        self.head.len()
     }
 
     /// The target that goes upstream.
@@ -251,10 +231,10 @@ impl Request {
 
     /// The fields that go upstream, in the order they came.
     pub fn upstream_fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
-        self.fields
-            .iter()
+        self.head
+            .fields()
             .enumerate()
             .filter(|(i, _)| !self.is_dropped(*i))
-            .map(|(_, f)| (self.bytes(f.name), self.bytes(f.value)))
+            .map(|(_, f)| f)
     }
 }

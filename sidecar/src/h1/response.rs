@@ -1,7 +1,7 @@
 //! A response header as it came off the wire: its bytes, an index of its fields, and what its
 //! framing fields say, found in one pass when it is parsed.
 
-use bytes::Bytes;
+use super::head::{Head, Span};
 
 /// The most fields a response header may have.
 pub const MAX_FIELDS: usize = 256;
@@ -14,10 +14,9 @@ pub struct Response {
     pub status: u16,
     /// HTTP/1.0 (else HTTP/1.1).
     pub http10: bool,
-    /// The header's bytes, from the status line to the empty line.
-    head: Bytes,
+    /// The header's bytes, from the status line to the empty line, and its fields.
+    pub head: Head,
     reason: Span,
-    fields: Vec<Field>,
     /// Its framing fields.
     pub framing: Framing,
 }
@@ -36,35 +35,6 @@ pub struct Framing {
     pub keep_alive: Option<bool>,
     /// An `Upgrade` field was sent.
     pub upgrade: bool,
-}
-
-/// Where some bytes are in a header's bytes.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Span {
-    pub(super) start: u32,
-    pub(super) end: u32,
-}
-
-impl Span {
-    /// The span of `part`, a slice of the bytes that start at `base`.
-    pub(super) fn of(base: &[u8], part: &[u8]) -> Span {
-        let start = part.as_ptr() as usize - base.as_ptr() as usize;
-        Span {
-            start: start as u32,
-            end: (start + part.len()) as u32,
-        }
-    }
-
-    pub(super) fn range(self) -> std::ops::Range<usize> {
-        self.start as usize..self.end as usize
-    }
-}
-
-/// A header field in a header's bytes.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Field {
-    pub(super) name: Span,
-    pub(super) value: Span,
 }
 
 /// Why a response header was refused.
@@ -101,18 +71,11 @@ impl Response {
             Err(httparse::Error::TooManyHeaders) => return Err(Malformed::TooLarge),
             Err(e) => return Err(Malformed::Syntax(e)),
         };
-        let span = |s: &[u8]| Span::of(buf, s);
         let mut framing = Framing::default();
         let mut lengths = Lengths::default();
-        let mut index = Vec::with_capacity(r.headers.len());
-        for f in r.headers.iter() {
-            let name = f.name.as_bytes();
-            framing.note(name, f.value, &mut lengths);
-            index.push(Field {
-                name: span(name),
-                value: span(f.value),
-            });
-        }
+        let head = Head::new(buf, len, r.headers, |name, value| {
+            framing.note(name, value, &mut lengths)
+        });
         if framing.transfer_encoding {
             framing.content_length = None;
         } else {
@@ -121,45 +84,25 @@ impl Response {
         let response = Response {
             status: r.code.expect("a complete response has a status"),
             http10: r.version == Some(0),
-            reason: span(r.reason.unwrap_or("").as_bytes()),
-            head: Bytes::copy_from_slice(&buf[..len]),
-            fields: index,
+            reason: Span::of(buf, r.reason.unwrap_or("").as_bytes()),
+            head,
             framing,
         };
         Ok(Some((response, len)))
     }
 
     pub fn reason(&self) -> &[u8] {
-        self.bytes(self.reason)
+        self.head.bytes(self.reason)
+    }
+
+    /// The first value of the field `name` (any case).
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.head.get(name)
     }
 
     /// The fields in the order they came: name and value.
     pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
-        self.fields
-            .iter()
-            .map(|f| (self.bytes(f.name), self.bytes(f.value)))
-    }
-
-    /// The fields, each value shared with the header's bytes (no copy).
-    pub fn shared_fields(&self) -> impl Iterator<Item = (&[u8], Bytes)> + '_ {
-        self.fields
-            .iter()
-            .map(|f| (self.bytes(f.name), self.head.slice(f.value.range())))
-    }
-
-    pub fn field_count(&self) -> usize {
-        self.fields.len()
-    }
-
-    /// The first value of the field `name` (lower case).
-    pub fn get(&self, name: &str) -> Option<&[u8]> {
-        self.fields()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
-            .map(|(_, v)| v)
-    }
-
-    fn bytes(&self, s: Span) -> &[u8] {
-        &self.head[s.range()]
+        self.head.fields()
     }
 }
 

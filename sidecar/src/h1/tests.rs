@@ -130,7 +130,7 @@ fn a_response_header_is_parsed_with_its_framing() {
     );
     assert_eq!(r.framing.keep_alive, Some(false));
     assert_eq!(r.get("x-a"), Some(b"1".as_slice()));
-    assert_eq!(r.field_count(), 3);
+    assert_eq!(r.head.len(), 3);
     assert!(
         parse("HTTP/1.1 200 OK\r\nX-A: 1\r\n").unwrap().is_none(),
         "incomplete"
