@@ -207,21 +207,59 @@ fn chunk_size(line: &[u8]) -> Result<u64, Malformed> {
     Ok(size)
 }
 
-/// How a request body is framed as it is written, and how much of it is left.
+/// How a body is framed as it is written (a request's, or a response's), and how much of it is
+/// left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Writer {
     /// This many bytes more (`Content-Length`).
     Length(u64),
     /// Chunked: each piece is one chunk, and finishing sends the last chunk.
     Chunked,
+    /// Until the connection closes: pieces as they are (a response to HTTP/1.0, length unknown).
+    Close,
     /// No body, or all of it written.
     Done,
 }
 
-/// Writing more body than the request's `Content-Length` said.
+/// Writing more body than its `Content-Length` said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("request body longer than its Content-Length")]
+#[error("body longer than its Content-Length")]
 pub struct TooLong;
+
+/// A small piece is copied behind the bytes waiting to be written and goes out with them; a
+/// larger one goes out in a write of its own, after them.
+const COALESCE: usize = 16 * 1024;
+
+/// Writes `piece`, framed by `writer`, on `stream`, with whatever waits in `out` (a header not
+/// sent yet, framing) before it: one write for a small piece, two for a large one.
+pub async fn write_piece<W: tokio::io::AsyncWrite + Unpin + ?Sized>(
+    stream: &mut W,
+    out: &mut BytesMut,
+    writer: &mut Writer,
+    piece: &[u8],
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    writer
+        .before(piece.len(), out)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    if piece.is_empty() {
+        return Ok(());
+    }
+    if piece.len() <= COALESCE {
+        out.extend_from_slice(piece);
+        writer.after(piece.len(), out);
+    } else {
+        stream.write_all(out).await?;
+        out.clear();
+        stream.write_all(piece).await?;
+        writer.after(piece.len(), out);
+    }
+    if !out.is_empty() {
+        stream.write_all(out).await?;
+        out.clear();
+    }
+    Ok(())
+}
 
 impl Writer {
     /// Accounts for a piece of `len` bytes about to be written, and puts the framing that goes
@@ -241,6 +279,7 @@ impl Writer {
                 use std::fmt::Write;
                 let _ = write!(out, "{len:x}\r\n");
             }
+            Writer::Close => {}
             Writer::Done if len == 0 => {}
             Writer::Done => return Err(TooLong),
         }
@@ -262,7 +301,7 @@ impl Writer {
                 true
             }
             Writer::Length(left) => left == 0,
-            Writer::Done => true,
+            Writer::Close | Writer::Done => true,
         };
         *self = Writer::Done;
         whole

@@ -12,7 +12,7 @@ use bytes::{Buf, BytesMut};
 use pingora_core::protocols::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::body::{Incoming, Piece, Reader, Writer};
+use super::body::{write_piece, Incoming, Piece, Reader, Writer};
 use super::response::{self, Response};
 
 /// The buffer an exchange starts with: a request header and a small body piece going out, then
@@ -20,9 +20,6 @@ use super::response::{self, Response};
 const START: usize = 4096;
 /// The largest a body read grows the buffer to.
 const MAX_READ: usize = 64 * 1024;
-/// A body piece up to this size is copied behind the request header and sent with it; a larger
-/// one goes out in a write of its own.
-const COALESCE: usize = 16 * 1024;
 
 /// How an exchange failed on the upstream connection.
 #[derive(Debug, thiserror::Error)]
@@ -37,8 +34,6 @@ pub enum Error {
     Body(#[from] super::body::Malformed),
     #[error("no response body bytes for {0:?}")]
     BodyTimeout(Duration),
-    #[error(transparent)]
-    TooLong(#[from] super::body::TooLong),
 }
 
 /// An upstream connection in an exchange.
@@ -89,18 +84,8 @@ impl Client {
 
     /// Sends a piece of the request body (with the header, when it has not gone yet).
     pub async fn write_body(&mut self, piece: &[u8]) -> Result<(), Error> {
-        self.writer.before(piece.len(), &mut self.inc.buf)?;
-        if piece.is_empty() {
-            return Ok(());
-        }
-        if piece.len() <= COALESCE {
-            self.inc.buf.extend_from_slice(piece);
-            self.writer.after(piece.len(), &mut self.inc.buf);
-            return Ok(self.flush().await?);
-        }
-        self.flush().await?;
-        self.stream.write_all(piece).await?;
-        self.writer.after(piece.len(), &mut self.inc.buf);
+        self.wrote |= !piece.is_empty();
+        write_piece(&mut self.stream, &mut self.inc.buf, &mut self.writer, piece).await?;
         Ok(())
     }
 

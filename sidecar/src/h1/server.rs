@@ -14,14 +14,11 @@ use bytes::{Buf, BytesMut};
 use pingora_core::protocols::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::body::{Incoming, Piece, Reader};
+use super::body::{write_piece, Incoming, Piece, Reader, Writer};
 use super::request::Request;
 
 /// The longest request header (bytes), as pingora-core's own limit.
 pub const MAX_HEAD: usize = 1024 * 1024;
-/// A body piece up to this size is copied behind what is waiting in the output buffer and sent
-/// with it; a larger one goes out in a write of its own.
-const COALESCE: usize = 16 * 1024;
 /// The room a read of the request is given.
 const READ: usize = 4096;
 
@@ -71,8 +68,8 @@ pub struct Server {
     keep_alive: bool,
     /// The response: waiting output, how its body is framed, its status once begun.
     out: BytesMut,
-    writer: Out,
-    left: u64,
+    /// The response body's framing; `None`: it has none.
+    writer: Option<Writer>,
     status: Option<u16>,
     finished: bool,
 }
@@ -86,8 +83,7 @@ impl Server {
             req: None,
             keep_alive: false,
             out: BytesMut::new(),
-            writer: Out::Empty,
-            left: 0,
+            writer: None,
             status: None,
             finished: false,
         }
@@ -254,10 +250,11 @@ impl Server {
         };
         put_field(out, b"connection", connection);
         out.extend_from_slice(b"\r\n");
-        self.writer = body;
-        self.left = match body {
-            Out::Length(n) => n,
-            _ => 0,
+        self.writer = match body {
+            Out::Empty => None,
+            Out::Length(n) => Some(Writer::Length(n)),
+            Out::Chunked => Some(Writer::Chunked),
+            Out::Close => Some(Writer::Close),
         };
         self.status = Some(status);
     }
@@ -269,36 +266,12 @@ impl Server {
 
     /// Writes a piece of the response body (with the header, when it has not gone yet).
     pub async fn write_body(&mut self, piece: &[u8]) -> io::Result<()> {
-        let piece = match self.writer {
-            Out::Empty => return Ok(()),
-            Out::Length(_) => {
-                let n = piece.len().min(self.left as usize);
-                self.left -= n as u64;
-                &piece[..n]
-            }
-            Out::Chunked | Out::Close => piece,
-        };
-        if piece.is_empty() {
+        let Some(writer) = &mut self.writer else {
+            // No body (HEAD, 204, 304): nothing goes out.
             return Ok(());
-        }
-        let chunked = self.writer == Out::Chunked;
-        if chunked {
-            use std::fmt::Write;
-            let _ = write!(self.out, "{:x}\r\n", piece.len());
-        }
-        if piece.len() <= COALESCE {
-            self.out.extend_from_slice(piece);
-            if chunked {
-                self.out.extend_from_slice(b"\r\n");
-            }
-            return self.flush().await;
-        }
-        self.send_out().await?;
-        self.stream.write_all(piece).await?;
-        if chunked {
-            self.out.extend_from_slice(b"\r\n");
-        }
-        self.flush().await
+        };
+        write_piece(&mut self.stream, &mut self.out, writer, piece).await?;
+        self.stream.flush().await
     }
 
     /// Sends what is waiting in the output buffer, now.
@@ -318,10 +291,10 @@ impl Server {
     /// Ends the response: the last chunk (chunked), and everything sent. A body that ended
     /// short of its `Content-Length` closes the connection.
     pub async fn finish(&mut self) -> io::Result<()> {
-        match self.writer {
-            Out::Chunked => self.out.extend_from_slice(b"0\r\n\r\n"),
-            Out::Length(_) if self.left > 0 => self.keep_alive = false,
-            _ => {}
+        if let Some(w) = &mut self.writer {
+            if !w.finish(&mut self.out) {
+                self.keep_alive = false;
+            }
         }
         self.flush().await?;
         self.finished = true;
