@@ -1,6 +1,6 @@
 //! Message bodies on the wire: how much of a body is left to read ([`Reader`], a pure state
-//! machine over the bytes read so far), and how a request body is framed as it is written
-//! ([`Writer`]).
+//! machine over the bytes read so far), and how a body is framed as it is written
+//! ([`Writer`], [`write_piece`]), on both sides of an exchange.
 
 use bytes::{Buf, BytesMut};
 
